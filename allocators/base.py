@@ -1,0 +1,124 @@
+"""The allocator protocol, its results, and the memory accounting every allocator reports.
+
+An allocator hands out KV slots (token positions of KV memory) to sequences. It manages ids
+only: no tensors, no CUDA. The engine holds one allocator and never knows which kind.
+
+Memory accounting (DESIGN.md), in slots, with capacity C, and for each live sequence r:
+stored tokens s_r, allocated slots a_r and final length f_r (prompt + output tokens):
+
+    token_states   = sum s_r                    (physical: a shared block counts once)
+    reservation    = slots r holds and will still fill
+    internal_frag  = slots r holds and will never fill
+    external_frag  = free slots that no one can use now (see the static allocator)
+    free           = C - the four above
+
+Invariant: the five add up to C after every operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division for non-negative ints."""
+    return -(-a // b)
+
+
+class TokenSource(Protocol):
+    """The tokens of a sequence, read block by block by the prefix-sharing allocator."""
+
+    def block_key(self, start: int, end: int) -> Hashable:
+        """A key equal for two sources exactly when their tokens [start, end) are equal."""
+        ...
+
+
+class SeqLike(Protocol):
+    """What an allocator reads of a sequence."""
+
+    @property
+    def seq_id(self) -> int: ...
+    @property
+    def prompt_len(self) -> int: ...
+    @property
+    def final_len(self) -> int:
+        """Prompt plus output tokens (f_r): the slots the sequence can ever ask for."""
+        ...
+
+    @property
+    def tokens(self) -> TokenSource: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What one successful `allocate` or `fork` changed."""
+
+    new_block_ids: tuple[int, ...] = ()
+    """Appended to the sequence's block table (for static: the slot range, once)."""
+    num_cached_tokens: int = 0
+    """Leading prompt tokens whose KV was found in the prefix cache (0 without sharing)."""
+    copies: tuple[tuple[int, int, int], ...] = ()
+    """(src_block, dst_block, num_blocks) runs the backend must copy (copy-on-write, fork)."""
+
+
+NO_CHANGE = Allocation()
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryUsage:
+    """The five memory quantities of DESIGN.md, in slots; they sum to `capacity`."""
+
+    capacity: int
+    token_states: int
+    reservation: int
+    internal_frag: int
+    external_frag: int
+    free: int
+    logical_tokens: int
+    """Sum of every live sequence's stored tokens, counting shared ones once per sequence."""
+
+    def __post_init__(self) -> None:
+        parts = (self.token_states, self.reservation, self.internal_frag, self.external_frag)
+        if min(*parts, self.free) < 0 or sum(parts) + self.free != self.capacity:
+            raise AssertionError(f"memory accounting does not add up: {self}")
+
+
+class KVAllocator(Protocol):
+    """One protocol for static, paged and prefix-sharing allocation."""
+
+    block_size: int
+    """Tokens per block (static contiguous: 1, the slot granularity)."""
+    num_blocks: int
+    """Usable blocks; ids 1..num_blocks, block 0 is the reserved null block."""
+
+    @property
+    def capacity(self) -> int:
+        """Slots the allocator manages: the sum of the five usage quantities."""
+        ...
+
+    def allocate(self, seq: SeqLike, num_new_tokens: int) -> Allocation | None:
+        """Make room for `num_new_tokens` more tokens of `seq` (admission when it holds none).
+
+        Atomic: returns None and changes nothing when memory is short.
+        """
+        ...
+
+    def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
+        """Give `child` the parent's tokens (shared where the allocator can share)."""
+        ...
+
+    def free(self, seq_id: int) -> None: ...
+
+    def block_table(self, seq_id: int) -> Sequence[int]: ...
+
+    def num_tokens(self, seq_id: int) -> int:
+        """Tokens `seq_id` holds KV slots for."""
+        ...
+
+    def usage(self) -> MemoryUsage: ...
+
+    def check_invariants(self) -> None:
+        """Recompute every counter from scratch; raise AssertionError on any mismatch."""
+        ...

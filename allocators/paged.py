@@ -1,0 +1,234 @@
+"""Paged allocation (PagedAttention): fixed-size blocks, a free queue, a block table per sequence.
+
+    block table of seq r:  [ 7 | 3 | 12 ]      slot = block_id * block_size + offset
+                             full full partial  (a new block only when the last one is full)
+
+Block ids run 1..num_blocks; block 0 is the null block and is never handed out. Free blocks
+leave the front of the free queue (initially ascending ids) and return to its back, a
+sequence's blocks tail first. `fork` shares every parent block (refcounts); the first write
+into a shared partial block copies it (copy-on-write, reported in `Allocation.copies`).
+
+Invariants (checked by `check_invariants`):
+- a block is free (refcount 0, in the queue once) or used (refcount = number of tables that
+  hold it); free + used = num_blocks;
+- every table has exactly ceil(num_tokens / block_size) blocks, filled in order;
+- a partial block is shared only right after a fork, and its holders all hold the same tokens.
+
+Accounting: token states are physical (a shared block counts once). Reservation is the empty
+slots of a sequence's exclusively held last block that it will still fill; the other empty
+slots of used blocks are internal fragmentation. No external fragmentation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from allocators.base import NO_CHANGE, Allocation, MemoryUsage, SeqLike, cdiv
+
+
+@dataclass(slots=True)
+class _Seq:
+    table: list[int]
+    num_tokens: int
+    final_len: int
+    hashes: list[int] = field(default_factory=list)  # prefix sharing: chain of full blocks
+
+
+class PagedAllocator:
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self._ref = [0] * (num_blocks + 1)
+        self._fill = [0] * (num_blocks + 1)
+        self._free: Iterable[int] = deque(range(1, num_blocks + 1))
+        self._seqs: dict[int, _Seq] = {}
+        self._shared_tail: dict[int, set[int]] = {}  # shared partial block -> its holders
+        self._tokens = 0  # filled slots of used blocks
+        self._logical = 0  # sum of num_tokens over sequences
+        self._reserved = 0  # sum of _reserve_of over sequences
+
+    @property
+    def capacity(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)  # type: ignore[arg-type]
+
+    # --- the free queue; the prefix allocator overrides these two --------------------------
+    def _pop_free(self) -> int:
+        return self._free.popleft()  # type: ignore[attr-defined, no-any-return]
+
+    def _release(self, freed: list[int]) -> None:
+        for b in freed:
+            self._fill[b] = 0
+        self._free.extend(freed)  # type: ignore[attr-defined]
+
+    def _register(self, seq: SeqLike, st: _Seq) -> None:
+        """Called when blocks of `st` have become full (prefix caching hashes them)."""
+
+    # --- accounting helpers ------------------------------------------------------------------
+    def _reserve_of(self, st: _Seq) -> int:
+        if not st.table or self._ref[st.table[-1]] > 1:
+            return 0
+        return max(0, min(len(st.table) * self.block_size, st.final_len) - st.num_tokens)
+
+    def _take(self, n: int) -> list[int]:
+        ids = [self._pop_free() for _ in range(n)]
+        for b in ids:
+            self._ref[b] = 1
+            self._fill[b] = 0
+        return ids
+
+    def _write(self, st: _Seq, n: int) -> None:
+        """Fill `st`'s blocks up to n tokens (its last blocks are exclusively held)."""
+        bs = self.block_size
+        for i in range(st.num_tokens // bs, cdiv(n, bs)):
+            self._fill[st.table[i]] = min(bs, n - i * bs)
+        self._tokens += n - st.num_tokens
+        self._logical += n - st.num_tokens
+        st.num_tokens = n
+
+    def _unshare(self, block: int, seq_id: int) -> None:
+        """`seq_id` lets go of a shared partial block; a last remaining holder owns it again."""
+        self._ref[block] -= 1
+        holders = self._shared_tail[block]
+        holders.discard(seq_id)
+        if len(holders) == 1:
+            del self._shared_tail[block]
+            self._reserved += self._reserve_of(self._seqs[holders.pop()])
+
+    # --- the protocol ------------------------------------------------------------------------
+    def allocate(self, seq: SeqLike, num_new_tokens: int) -> Allocation | None:
+        st = self._seqs.get(seq.seq_id)
+        if st is None:
+            return self._admit(seq, num_new_tokens)
+        n = st.num_tokens + num_new_tokens
+        room = len(st.table) * self.block_size
+        last = st.table[-1]
+        if n <= room and self._ref[last] == 1:  # fast path: decode into the own last block
+            cap = min(room, st.final_len)
+            self._reserved -= max(0, cap - st.num_tokens) - max(0, cap - n)
+            self._fill[last] += num_new_tokens
+            self._tokens += num_new_tokens
+            self._logical += num_new_tokens
+            st.num_tokens = n
+            if n == room:
+                self._register(seq, st)
+            return NO_CHANGE
+        return self._grow(seq, st, n)
+
+    def _admit(self, seq: SeqLike, num_tokens: int) -> Allocation | None:
+        if num_tokens < 1:
+            raise ValueError(f"sequence {seq.seq_id}: admission needs at least one token")
+        need = cdiv(num_tokens, self.block_size)
+        if need > self.num_free_blocks:
+            return None
+        st = _Seq(self._take(need), 0, seq.final_len)
+        self._seqs[seq.seq_id] = st
+        self._write(st, num_tokens)
+        self._reserved += self._reserve_of(st)
+        self._register(seq, st)
+        return Allocation(tuple(st.table))
+
+    def _grow(self, seq: SeqLike, st: _Seq, n: int) -> Allocation | None:
+        bs = self.block_size
+        last = st.table[-1]
+        cow = self._ref[last] > 1 and st.num_tokens % bs != 0
+        need = cdiv(n, bs) - len(st.table)
+        if need + cow > self.num_free_blocks:
+            return None
+        self._reserved -= self._reserve_of(st)
+        copies: tuple[tuple[int, int, int], ...] = ()
+        if cow:
+            (new,) = self._take(1)
+            self._fill[new] = self._fill[last]
+            self._tokens += self._fill[new]
+            st.table[-1] = new
+            self._unshare(last, seq.seq_id)
+            copies = ((last, new, 1),)
+        added = self._take(need)
+        st.table.extend(added)
+        self._write(st, n)
+        self._reserved += self._reserve_of(st)
+        self._register(seq, st)
+        return Allocation(tuple(added), copies=copies)
+
+    def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
+        p = self._seqs[parent_id]
+        if p.num_tokens % self.block_size:  # the partial tail becomes shared
+            self._reserved -= self._reserve_of(p)
+            self._shared_tail.setdefault(p.table[-1], {parent_id}).add(child.seq_id)
+        for b in p.table:
+            self._ref[b] += 1
+        st = _Seq(list(p.table), p.num_tokens, child.final_len, list(p.hashes))
+        self._seqs[child.seq_id] = st
+        self._logical += st.num_tokens
+        return Allocation(tuple(st.table))
+
+    def free(self, seq_id: int) -> None:
+        st = self._seqs[seq_id]
+        self._reserved -= self._reserve_of(st)
+        del self._seqs[seq_id]
+        self._logical -= st.num_tokens
+        freed = []
+        for b in reversed(st.table):
+            if b in self._shared_tail:
+                self._unshare(b, seq_id)
+            else:
+                self._ref[b] -= 1
+            if self._ref[b] == 0:
+                self._tokens -= self._fill[b]
+                freed.append(b)
+        self._release(freed)
+
+    def block_table(self, seq_id: int) -> Sequence[int]:
+        return self._seqs[seq_id].table
+
+    def num_tokens(self, seq_id: int) -> int:
+        return self._seqs[seq_id].num_tokens
+
+    def usage(self) -> MemoryUsage:
+        used = (self.num_blocks - self.num_free_blocks) * self.block_size
+        return MemoryUsage(
+            capacity=self.capacity,
+            token_states=self._tokens,
+            reservation=self._reserved,
+            internal_frag=used - self._tokens - self._reserved,
+            external_frag=0,
+            free=self.num_free_blocks * self.block_size,
+            logical_tokens=self._logical,
+        )
+
+    def check_invariants(self) -> None:
+        bs = self.block_size
+        free = list(self._free)
+        assert len(free) == len(set(free)), "a block is in the free queue twice"
+        assert all(self._ref[b] == 0 for b in free), "a free block is referenced"
+        refs = [0] * (self.num_blocks + 1)
+        for st in self._seqs.values():
+            assert len(st.table) == cdiv(st.num_tokens, bs), "table length != ceil(tokens/bs)"
+            for i, b in enumerate(st.table):
+                refs[b] += 1
+                assert self._fill[b] == min(bs, st.num_tokens - i * bs), f"block {b} fill"
+        assert refs == self._ref, "refcounts differ from the tables"
+        assert refs[0] == 0, "the null block was handed out"
+        assert len(free) + sum(r > 0 for r in refs) == self.num_blocks, "free + used != total"
+        used = [b for b in range(1, self.num_blocks + 1) if refs[b]]
+        assert self._tokens == sum(self._fill[b] for b in used)
+        assert self._logical == sum(st.num_tokens for st in self._seqs.values())
+        assert self._reserved == sum(self._reserve_of(st) for st in self._seqs.values())
+        for b, holders in self._shared_tail.items():
+            assert len(holders) == self._ref[b] > 1, f"shared tail {b} holders"
+            assert all(self._seqs[s].table[-1] == b for s in holders)
+        partial_shared = {
+            st.table[-1]
+            for st in self._seqs.values()
+            if st.num_tokens % bs and self._ref[st.table[-1]] > 1
+        }
+        assert partial_shared == set(self._shared_tail), "untracked shared partial block"
+        self.usage()  # its constructor checks that the five add up

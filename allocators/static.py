@@ -1,0 +1,158 @@
+"""Static contiguous allocation: the Orca baselines of the PagedAttention paper (section 6.1).
+
+Each sequence gets one contiguous slot range at admission, sized by a reservation policy, and
+keeps it for life; it never grows. Slots are numbered 1..capacity (slot 0 is the null slot,
+as block 0 is for paged allocators), so the "block table" is a `range` of slot ids:
+
+    slot space  0 |  r1: [##########......]  hole  r2: [#####.........]  slack  ...
+                     stored ^     ^ reserved                              ^ buddy rounding
+
+Reservation (a_r): `max` = max_seq_len; `pow2` = prompt + next power of two of the output
+length (capped at max_seq_len); `oracle` = prompt + output, the true final length.
+
+Accounting (see base.py): a_r counts as token states, reservation and internal fragmentation
+as defined there. The buddy slack (footprint - a_r) can serve no other request, so it is
+external fragmentation. When an admission fails, every free slot is external fragmentation
+until the next free: a static allocator's free slots can serve nothing but a new admission,
+and the head-of-line request cannot be placed in them (NOTE: DESIGN.md counts them only when
+the free total would fit the request; the PagedAttention paper's Fig. 2 bar for Orca-Max
+counts the leftover of 7 x 2048 in 15,729 slots as external, and so do we).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from allocators.base import NO_CHANGE, Allocation, MemoryUsage, SeqLike
+from allocators.placement import PlacementName, make_placement
+
+ReservationName = Literal["max", "pow2", "oracle"]
+
+
+@dataclass(slots=True)
+class _Range:
+    start: int  # offset in the slot space; slot ids are start + 1 ...
+    size: int  # a_r
+    footprint: int
+    num_tokens: int  # s_r
+    final_len: int  # f_r
+
+
+class StaticAllocator:
+    block_size = 1
+
+    def __init__(
+        self,
+        num_slots: int,
+        max_seq_len: int,
+        reservation: ReservationName = "max",
+        placement: PlacementName = "first_fit",
+    ) -> None:
+        if reservation not in ("max", "pow2", "oracle"):
+            raise ValueError(f"unknown reservation {reservation!r}; choose max, pow2 or oracle")
+        if num_slots < 1 or max_seq_len < 1:
+            raise ValueError("num_slots and max_seq_len must be positive")
+        self.num_blocks = num_slots
+        self.max_seq_len = max_seq_len
+        self.reservation = reservation
+        self.placement = placement
+        self._space = make_placement(placement, num_slots)
+        self._seqs: dict[int, _Range] = {}
+        self._tokens = 0  # sum s_r
+        self._committed = 0  # sum min(a_r, f_r)
+        self._internal = 0  # sum max(0, a_r - f_r)
+        self._slack = 0  # sum footprint - a_r
+        self._blocked = False  # the last admission failed and nothing was freed since
+
+    @property
+    def capacity(self) -> int:
+        return self.num_blocks
+
+    def reserve_size(self, prompt_len: int, final_len: int) -> int:
+        """a_r for a sequence of this prompt and final length."""
+        if self.reservation == "max":
+            return self.max_seq_len
+        if self.reservation == "oracle":
+            return final_len
+        output_len = max(final_len - prompt_len, 1)
+        return min(prompt_len + (1 << (output_len - 1).bit_length()), self.max_seq_len)
+
+    def _place(self, seq: SeqLike, num_tokens: int) -> _Range | None:
+        size = self.reserve_size(seq.prompt_len, seq.final_len)
+        if num_tokens > size or seq.final_len > self.max_seq_len:
+            raise ValueError(
+                f"sequence {seq.seq_id} needs {max(num_tokens, seq.final_len)} slots; "
+                f"{self.reservation} reserves {size} (max_seq_len {self.max_seq_len})"
+            )
+        placed = self._space.place(size)
+        if placed is None:
+            return None
+        r = _Range(placed[0], size, placed[1], num_tokens, seq.final_len)
+        self._seqs[seq.seq_id] = r
+        self._tokens += num_tokens
+        self._committed += min(size, r.final_len)
+        self._internal += max(0, size - r.final_len)
+        self._slack += r.footprint - size
+        return r
+
+    def allocate(self, seq: SeqLike, num_new_tokens: int) -> Allocation | None:
+        r = self._seqs.get(seq.seq_id)
+        if r is not None:
+            if r.num_tokens + num_new_tokens > r.size:
+                raise ValueError(f"sequence {seq.seq_id} outgrew its reservation of {r.size}")
+            r.num_tokens += num_new_tokens
+            self._tokens += num_new_tokens
+            return NO_CHANGE
+        r = self._place(seq, num_new_tokens)
+        self._blocked = r is None
+        if r is None:
+            return None
+        return Allocation(new_block_ids=(r.start + 1,))
+
+    def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
+        parent = self._seqs[parent_id]
+        r = self._place(child, parent.num_tokens)
+        if r is None:
+            return None
+        return Allocation((r.start + 1,), copies=((parent.start + 1, r.start + 1, r.num_tokens),))
+
+    def free(self, seq_id: int) -> None:
+        r = self._seqs.pop(seq_id)
+        self._space.release(r.start)
+        self._tokens -= r.num_tokens
+        self._committed -= min(r.size, r.final_len)
+        self._internal -= max(0, r.size - r.final_len)
+        self._slack -= r.footprint - r.size
+        self._blocked = False
+
+    def block_table(self, seq_id: int) -> Sequence[int]:
+        r = self._seqs[seq_id]
+        return range(r.start + 1, r.start + 1 + r.size)
+
+    def num_tokens(self, seq_id: int) -> int:
+        return self._seqs[seq_id].num_tokens
+
+    def usage(self) -> MemoryUsage:
+        stranded = self._space.num_free if self._blocked else 0
+        return MemoryUsage(
+            capacity=self.capacity,
+            token_states=self._tokens,
+            reservation=self._committed - self._tokens,
+            internal_frag=self._internal,
+            external_frag=self._slack + stranded,
+            free=self._space.num_free - stranded,
+            logical_tokens=self._tokens,
+        )
+
+    def check_invariants(self) -> None:
+        self._space.check_invariants()
+        rs = self._seqs.values()
+        assert all(0 <= r.num_tokens <= r.size <= r.footprint for r in rs)
+        assert self._tokens == sum(r.num_tokens for r in rs)
+        assert self._committed == sum(min(r.size, r.final_len) for r in rs)
+        assert self._internal == sum(max(0, r.size - r.final_len) for r in rs)
+        assert self._slack == sum(r.footprint - r.size for r in rs)
+        assert self._space.num_free + sum(r.footprint for r in rs) == self.capacity
+        self.usage()  # its constructor checks that the five add up

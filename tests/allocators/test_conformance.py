@@ -1,0 +1,162 @@
+"""One suite for every allocator, placement and several block sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from allocators.base import KVAllocator, MemoryUsage
+from tests.allocators.seqs import child, seq
+
+MAX_SEQ_LEN = 64
+SLOTS = 256
+
+
+def make(kind: str, block_size: int = 4, reservation: str = "max", placement: str = "first_fit"):
+    if kind == "static":
+        return StaticAllocator(SLOTS, MAX_SEQ_LEN, reservation, placement)
+    cls = PagedAllocator if kind == "paged" else PrefixAllocator
+    return cls(SLOTS // block_size, block_size)
+
+
+ALLOCATORS = [
+    *[
+        pytest.param(("static", 1, r, p), id=f"static-{r}-{p}")
+        for r in ("max", "pow2", "oracle")
+        for p in ("first_fit", "best_fit", "buddy")
+    ],
+    *[pytest.param((k, bs), id=f"{k}-bs{bs}") for k in ("paged", "prefix") for bs in (1, 4, 16)],
+]
+
+
+@pytest.fixture(params=ALLOCATORS)
+def alloc(request) -> KVAllocator:
+    return make(*request.param)
+
+
+def snapshot(a: KVAllocator, ids) -> tuple[MemoryUsage, dict]:
+    return a.usage(), {i: list(a.block_table(i)) for i in ids}
+
+
+def grow_to_end(a: KVAllocator, s) -> None:
+    """Decode one token per step until the sequence holds final_len - 1 tokens."""
+    while a.num_tokens(s.seq_id) < s.final_len - 1:
+        assert a.allocate(s, 1) is not None
+        a.check_invariants()
+
+
+def test_lifecycle_returns_every_slot(alloc):
+    seqs = [seq(i, prompt_len=5 + 3 * i, output_len=7 + i) for i in range(4)]
+    for s in seqs:
+        assert alloc.allocate(s, s.prompt_len) is not None
+        alloc.check_invariants()
+    for s in seqs:
+        grow_to_end(alloc, s)
+        u = alloc.usage()
+        assert u.token_states >= alloc.num_tokens(s.seq_id)
+    assert alloc.usage().logical_tokens == sum(s.final_len - 1 for s in seqs)
+    for s in seqs:
+        alloc.free(s.seq_id)
+        alloc.check_invariants()
+    u = alloc.usage()
+    assert u.free == alloc.capacity and u.token_states == u.reservation == 0
+
+
+def test_tables_are_disjoint_and_skip_null_block(alloc):
+    seqs = [seq(i, prompt_len=9, output_len=4) for i in range(SLOTS // MAX_SEQ_LEN)]
+    for s in seqs:
+        assert alloc.allocate(s, s.prompt_len) is not None
+        grow_to_end(alloc, s)
+    ids = [b for s in seqs for b in alloc.block_table(s.seq_id)]
+    assert len(ids) == len(set(ids))
+    assert 0 not in ids and max(ids) <= alloc.num_blocks
+    for s in seqs:
+        slots = len(alloc.block_table(s.seq_id)) * alloc.block_size
+        assert slots >= alloc.num_tokens(s.seq_id)
+
+
+def test_failed_allocate_changes_nothing(alloc):
+    admitted = []
+    for i in range(1000):
+        s = seq(i, prompt_len=MAX_SEQ_LEN // 2, output_len=MAX_SEQ_LEN // 2)
+        if alloc.allocate(s, s.prompt_len) is None:
+            break
+        admitted.append(s)
+    else:
+        pytest.fail("memory never ran out")
+    before = snapshot(alloc, [s.seq_id for s in admitted])
+    assert alloc.allocate(seq(999, MAX_SEQ_LEN // 2, 8), MAX_SEQ_LEN // 2) is None
+    assert snapshot(alloc, [s.seq_id for s in admitted]) == before
+    alloc.check_invariants()
+    with pytest.raises(KeyError):
+        alloc.block_table(999)
+
+
+def test_usage_sums_to_capacity_while_growing(alloc):
+    s = seq(1, prompt_len=3, output_len=20)
+    alloc.allocate(s, 3)
+    for _ in range(10):
+        alloc.allocate(s, 1)
+        u = alloc.usage()
+        parts = (u.token_states, u.reservation, u.internal_frag, u.external_frag, u.free)
+        assert sum(parts) == alloc.capacity
+        assert u.token_states == 3 + _ + 1
+
+
+def test_fork_shares_or_copies(alloc):
+    parent = seq(1, prompt_len=6, output_len=10)
+    alloc.allocate(parent, 6)
+    kids = [child(parent, 10 + i, at=6, output_len=10) for i in range(3)]
+    for k in kids:
+        assert alloc.fork(1, k) is not None
+        alloc.check_invariants()
+        assert alloc.num_tokens(k.seq_id) == 6
+    for s in [parent, *kids]:
+        grow_to_end(alloc, s)
+    u = alloc.usage()
+    assert u.logical_tokens == 4 * 15
+    if isinstance(alloc, StaticAllocator):
+        assert u.token_states == u.logical_tokens
+    else:  # the prompt's full blocks are held once
+        shared = (6 // alloc.block_size) * alloc.block_size
+        assert u.token_states == u.logical_tokens - 3 * shared
+    for s in [*kids, parent]:
+        alloc.free(s.seq_id)
+        alloc.check_invariants()
+    assert alloc.usage().free == alloc.capacity
+
+
+def test_admission_reports_where_the_table_starts(alloc):
+    s = seq(1, prompt_len=5, output_len=30)
+    first = alloc.allocate(s, 5)
+    assert first.new_block_ids[0] == alloc.block_table(1)[0]
+    assert first.num_cached_tokens == 0
+
+
+@pytest.mark.parametrize("placement", ["first_fit", "best_fit", "buddy"])
+def test_static_grows_only_inside_its_reservation(placement):
+    a = StaticAllocator(100, 16, "oracle", placement)
+    s = seq(1, prompt_len=4, output_len=4)
+    a.allocate(s, 4)
+    a.allocate(s, 3)
+    with pytest.raises(ValueError, match="outgrew"):
+        a.allocate(s, 2)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        a.allocate(seq(2, prompt_len=10, output_len=10), 10)
+
+
+def test_paged_copy_on_write_of_shared_partial_block():
+    a = PagedAllocator(16, 4)
+    parent = seq(1, prompt_len=6, output_len=8)
+    a.allocate(parent, 6)  # blocks [1, 2], block 2 holds 2 tokens
+    kid = child(parent, 2, at=6, output_len=8)
+    a.fork(1, kid)
+    assert a.block_table(2) == [1, 2]
+    u = a.usage()
+    assert (u.token_states, u.reservation, u.internal_frag) == (6, 0, 2)
+    out = a.allocate(parent, 1)  # parent writes into the shared tail: copy it
+    assert out.copies == ((2, 3, 1),) and a.block_table(1) == [1, 3]
+    assert a.usage().token_states == 6 + 2 + 1
+    out = a.allocate(kid, 1)  # the child now owns block 2 alone: write in place
+    assert out.copies == () and a.block_table(2) == [1, 2]
+    a.check_invariants()

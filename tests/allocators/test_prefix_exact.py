@@ -1,0 +1,86 @@
+"""Tiny pools, exact block ids and eviction order (after vLLM test_prefix_caching.py)."""
+
+from __future__ import annotations
+
+from allocators import PrefixAllocator
+from tests.allocators.seqs import child, seq
+
+
+def free_queue(a: PrefixAllocator) -> list[int]:
+    return list(a._free)
+
+
+def test_hit_reuse_and_free_order():
+    a = PrefixAllocator(num_blocks=10, block_size=4)
+    s1 = seq(1, prompt_len=10, output_len=5, shared_prefix=8)
+    out = a.allocate(s1, 10)
+    assert out.new_block_ids == (1, 2, 3) and out.num_cached_tokens == 0
+    s2 = seq(2, prompt_len=10, output_len=5, shared_prefix=8)
+    out = a.allocate(s2, 10)
+    assert a.block_table(2) == [1, 2, 4] and out.num_cached_tokens == 8
+    assert a.usage().token_states == 8 + 2 + 2  # the shared blocks count once
+    a.free(1)  # block 3 has no hash: reused first; 1 and 2 are still held by s2
+    assert free_queue(a) == [3, 5, 6, 7, 8, 9, 10]
+    a.free(2)  # tail first: 4 to the front, then 2, 1 to the back (LRU)
+    assert free_queue(a) == [4, 3, 5, 6, 7, 8, 9, 10, 2, 1]
+    a.check_invariants()
+    s3 = seq(3, prompt_len=3, output_len=2)
+    assert a.allocate(s3, 3).new_block_ids == (4,)
+    s4 = seq(4, prompt_len=9, output_len=2, shared_prefix=8)  # revives cached 1, 2
+    out = a.allocate(s4, 9)
+    assert a.block_table(4) == [1, 2, 3] and out.num_cached_tokens == 8
+    assert free_queue(a) == [5, 6, 7, 8, 9, 10]
+    a.check_invariants()
+
+
+def test_fully_cached_prompt_recomputes_its_last_block():
+    a = PrefixAllocator(num_blocks=6, block_size=4)
+    s1 = seq(1, prompt_len=8, output_len=3, shared_prefix=8)
+    a.allocate(s1, 8)
+    s2 = seq(2, prompt_len=8, output_len=3, shared_prefix=8)
+    out = a.allocate(s2, 8)  # a hit covers at most prompt_len - 1 tokens
+    assert out.num_cached_tokens == 4 and a.block_table(2) == [1, 3]
+    h2 = a._meta[2][0]
+    assert a._meta[3][0] == h2 and a._cached[h2] == [2, 3]  # registered again, not deduplicated
+    a.free(1)
+    a.free(2)
+    assert free_queue(a) == [4, 5, 6, 2, 3, 1]
+    s3 = seq(3, prompt_len=9, output_len=3, shared_prefix=8)
+    out = a.allocate(s3, 9)
+    assert out.num_cached_tokens == 8 and a.block_table(3) == [1, 2, 4]  # the oldest copy
+    a.check_invariants()
+
+
+def test_lru_eviction_and_atomic_failure():
+    a = PrefixAllocator(num_blocks=4, block_size=2)
+    s1 = seq(1, prompt_len=5, output_len=1, shared_prefix=4)
+    a.allocate(s1, 5)  # [1, 2, 3]; 1 and 2 cached
+    a.free(1)
+    assert free_queue(a) == [3, 4, 2, 1]
+    evicted = a._meta[2][0]
+    s2 = seq(2, prompt_len=6, output_len=1)
+    a.allocate(s2, 6)  # pops 3, 4 and evicts 2, the least recently freed cached block
+    assert a.block_table(2) == [3, 4, 2] and evicted not in a._cached
+    s3 = seq(3, prompt_len=5, output_len=1, shared_prefix=4)
+    before = (free_queue(a), a.usage(), dict(a._cached))
+    assert a.allocate(s3, 5) is None  # would hit block 1, but needs 2 more of 0 left
+    assert (free_queue(a), a.usage(), dict(a._cached)) == before
+    a.free(2)
+    out = a.allocate(s3, 5)
+    assert out.num_cached_tokens == 2 and a.block_table(3) == [1, 2, 4]
+    a.check_invariants()
+
+
+def test_decode_blocks_are_cached_and_forks_share_them():
+    a = PrefixAllocator(num_blocks=8, block_size=2)
+    p = seq(1, prompt_len=3, output_len=6)
+    a.allocate(p, 3)  # [1, 2]: block 1 full, block 2 holds one token
+    kid = child(p, 2, at=3, output_len=6)
+    a.fork(1, kid)
+    out = a.allocate(p, 1)  # parent fills the shared tail: copy-on-write to block 3
+    assert out.copies == ((2, 3, 1),) and a.block_table(1) == [1, 3]
+    assert a._meta[3][0] == a._seqs[1].hashes[1]  # the full decode block is registered
+    out = a.allocate(kid, 1)  # the child keeps block 2 and fills it in place
+    assert out.copies == () and a.block_table(2) == [1, 2]
+    assert a._meta[2][0] != a._meta[3][0]  # different generated tokens, different hashes
+    a.check_invariants()

@@ -1,0 +1,98 @@
+"""Token ids of a sequence, described by segments instead of stored one by one.
+
+A *source* is a deterministic pseudo-random token stream named by a pair of ints
+(kind, ident): a Mooncake hash id, a shared system prompt, one request's own prompt, one
+sequence's generated tokens. A sequence's tokens are consecutive pieces of sources:
+
+    position   0          512         1024            1500
+               | src (2,0) | src (2,7) | src (2,9)[:476] | gen (4, seq_id) ... (open ended)
+
+Two sequences hold the same tokens over a range exactly when the same source pieces cover it,
+so `block_key` (what the prefix cache hashes and re-checks) names those pieces rather than
+materializing ids. `ids` materializes real token ids when a model needs them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+Source = tuple[int, int]
+
+# Source kinds.
+UNIQUE = 1  # a request's own prompt tokens
+MOONCAKE = 2  # one 512-token Mooncake block, by hash id
+SYSTEM = 3  # a shared system prompt / few-shot prefix
+GENERATED = 4  # the output tokens of one sequence
+
+
+class Tokens:
+    """Pieces (start position, source, offset in source); the last piece is open ended."""
+
+    __slots__ = ("_offsets", "_sources", "_starts")
+
+    def __init__(self, pieces: Sequence[tuple[int, Source, int]]) -> None:
+        if not pieces or pieces[0][0] != 0:
+            raise ValueError("token pieces must start at position 0")
+        self._starts = [p[0] for p in pieces]
+        self._sources = [p[1] for p in pieces]
+        self._offsets = [p[2] for p in pieces]
+
+    @classmethod
+    def from_chunks(cls, chunks: Sequence[tuple[Source, int]], tail: Source) -> Tokens:
+        """Chunks (source, length) from position 0, then `tail` (open ended)."""
+        pieces: list[tuple[int, Source, int]] = []
+        pos = 0
+        for src, length in chunks:
+            if length > 0:
+                pieces.append((pos, src, 0))
+                pos += length
+        pieces.append((pos, tail, 0))
+        return cls(pieces)
+
+    def fork(self, at: int, tail: Source) -> Tokens:
+        """The first `at` tokens of this sequence, then `tail`."""
+        i = bisect.bisect_left(self._starts, at)
+        pieces = list(zip(self._starts[:i], self._sources[:i], self._offsets[:i]))
+        return Tokens([*pieces, (at, tail, 0)])
+
+    def block_key(self, start: int, end: int) -> Hashable:
+        i = bisect.bisect_right(self._starts, start) - 1
+        key = []
+        while start < end:
+            stop = self._starts[i + 1] if i + 1 < len(self._starts) else end
+            piece_end = min(end, stop)
+            off = self._offsets[i] + start - self._starts[i]
+            key.append((self._sources[i], off, piece_end - start))
+            start = piece_end
+            i += 1
+        return key[0] if len(key) == 1 else tuple(key)
+
+    def ids(self, start: int, end: int, vocab_size: int) -> np.ndarray:
+        """Token ids [start, end) as int64, each source a fixed pseudo-random stream."""
+        out = np.empty(end - start, dtype=np.int64)
+        pos = start
+        i = bisect.bisect_right(self._starts, start) - 1
+        while pos < end:
+            stop = self._starts[i + 1] if i + 1 < len(self._starts) else end
+            piece_end = min(end, stop)
+            off = self._offsets[i] + pos - self._starts[i]
+            out[pos - start : piece_end - start] = _stream(
+                self._sources[i], off, piece_end - pos, vocab_size
+            )
+            pos = piece_end
+            i += 1
+        return out
+
+
+def _stream(src: Source, offset: int, n: int, vocab_size: int) -> np.ndarray:
+    """Tokens offset..offset+n of a source: a splitmix64 hash of (source, position)."""
+    with np.errstate(over="ignore"):
+        x = np.arange(offset, offset + n, dtype=np.uint64)
+        x += np.uint64((src[0] * 0x9E3779B97F4A7C15 + src[1] * 0xBF58476D1CE4E5B9) % (1 << 64))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x % np.uint64(vocab_size)).astype(np.int64)
