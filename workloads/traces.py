@@ -1,0 +1,244 @@
+"""Trace loaders: Azure CSV, Mooncake JSONL, ShareGPT lengths CSV, with strict validation.
+
+Every problem in a file is an `InputError` naming the file, the line and the field: missing
+or misnamed columns, non-integer, negative or zero lengths, unparseable or unsorted
+timestamps, empty files, malformed JSON lines, hash_ids that do not cover the input length, and
+requests longer than max_seq_len when clipping is off. Nothing is dropped silently: window and
+max_requests select a contiguous part of the trace, and clipped requests are counted.
+
+Mooncake `hash_ids` name 512-token blocks; each id becomes a deterministic pseudo-random
+512-token chunk (workloads/tokens.py), so requests with equal leading ids share token
+prefixes at any block size dividing 512.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workloads.errors import InputError, KvbenchError
+from workloads.registry import TRACES, TraceFormat, locate, trace_info
+from workloads.request import Request, Workload, clip_lengths
+from workloads.synthetic import Arrival, _as, arrival_times
+from workloads.tokens import MOONCAKE
+
+MOONCAKE_BLOCK = 512
+
+
+@dataclass
+class Rows:
+    """A parsed trace: one entry per request, in file order."""
+
+    path: Path
+    lines: np.ndarray  # line number of each request in the file
+    prompt: np.ndarray
+    output: np.ndarray
+    arrival_s: np.ndarray | None  # None: the trace has no timestamps
+    hash_ids: list[list[int]] | None = None
+    prompt_field: str = "input_length"
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "empty file", row=1) from None
+    except pd.errors.ParserError as e:
+        raise InputError(path, f"not a valid CSV file ({e})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(
+            path, f"missing column; the header has {list(df.columns)}", row=1, field=missing[0]
+        )
+    if df.empty:
+        raise InputError(path, "no data rows after the header", row=2)
+    return df
+
+
+def _positive_ints(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
+    s = df[col].str.strip()
+    ok = s.str.fullmatch(r"[+-]?\d+")
+    if not ok.all():
+        i = int(np.argmin(ok.to_numpy()))
+        raise InputError(path, f"{s.iloc[i]!r} is not an integer", row=i + 2, field=col)
+    x = s.astype(np.int64).to_numpy()
+    if (x <= 0).any():
+        i = int(np.argmax(x <= 0))
+        raise InputError(path, f"length must be >= 1, got {x[i]}", row=i + 2, field=col)
+    return x
+
+
+def _check_sorted(t: np.ndarray, lines: np.ndarray, path: Path, col: str) -> None:
+    back = np.flatnonzero(np.diff(t) < 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise InputError(path, "timestamp earlier than the line before (unsorted)", lines[i], col)
+
+
+def read_azure(path: Path) -> Rows:
+    df = _read_csv(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
+    prompt = _positive_ints(df, "ContextTokens", path)
+    output = _positive_ints(df, "GeneratedTokens", path)
+    ts = pd.to_datetime(df["TIMESTAMP"].str.strip(), errors="coerce", format="ISO8601")
+    if ts.isna().any():
+        i = int(np.argmax(ts.isna().to_numpy()))
+        bad = df["TIMESTAMP"].iloc[i]
+        raise InputError(path, f"unparseable timestamp {bad!r}", row=i + 2, field="TIMESTAMP")
+    t = (ts - ts.iloc[0]).dt.total_seconds().to_numpy()
+    lines = np.arange(len(df)) + 2
+    _check_sorted(t, lines, path, "TIMESTAMP")
+    return Rows(path, lines, prompt, output, t, prompt_field="ContextTokens")
+
+
+def read_sharegpt(path: Path) -> Rows:
+    df = _read_csv(path, ("num_prefill_tokens", "num_decode_tokens"))
+    prompt = _positive_ints(df, "num_prefill_tokens", path)
+    output = _positive_ints(df, "num_decode_tokens", path)
+    lines = np.arange(len(df)) + 2
+    return Rows(path, lines, prompt, output, None, prompt_field="num_prefill_tokens")
+
+
+def _field(obj: dict[str, Any], key: str, path: Path, line: int, minimum: int) -> int:
+    if key not in obj:
+        raise InputError(path, f"missing key; the line has {sorted(obj)}", row=line, field=key)
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(path, f"{v!r} is not an integer", row=line, field=key)
+    if v < minimum:
+        raise InputError(path, f"must be >= {minimum}, got {v}", row=line, field=key)
+    return v
+
+
+def read_mooncake(path: Path) -> Rows:
+    lines, prompt, output, times, hash_ids = [], [], [], [], []
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                raise InputError(path, "empty line", row=line_no)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"malformed JSON ({e.msg})", row=line_no) from None
+            if not isinstance(obj, dict):
+                raise InputError(path, "a line must hold one JSON object", row=line_no)
+            t = _field(obj, "timestamp", path, line_no, 0)
+            p = _field(obj, "input_length", path, line_no, 1)
+            o = _field(obj, "output_length", path, line_no, 1)
+            ids = obj.get("hash_ids")
+            if not isinstance(ids, list) or not all(
+                isinstance(h, int) and not isinstance(h, bool) for h in ids
+            ):
+                raise InputError(path, "must be a list of integers", row=line_no, field="hash_ids")
+            if len(ids) != -(-p // MOONCAKE_BLOCK):
+                raise InputError(
+                    path,
+                    f"{len(ids)} ids do not cover input_length {p} "
+                    f"(need ceil({p}/{MOONCAKE_BLOCK}) = {-(-p // MOONCAKE_BLOCK)})",
+                    row=line_no,
+                    field="hash_ids",
+                )
+            lines.append(line_no)
+            times.append(t / 1000.0)
+            prompt.append(p)
+            output.append(o)
+            hash_ids.append(ids)
+    if not lines:
+        raise InputError(path, "empty file", row=1)
+    t_arr, line_arr = np.array(times), np.array(lines)
+    _check_sorted(t_arr, line_arr, path, "timestamp")
+    return Rows(path, line_arr, np.array(prompt), np.array(output), t_arr, hash_ids)
+
+
+READERS = {"azure": read_azure, "mooncake": read_mooncake, "sharegpt": read_sharegpt}
+
+
+def read_rows(source: str, format: TraceFormat | None = None) -> tuple[str, Rows]:
+    """Parse a named trace, or a file path with an explicit format."""
+    if source in TRACES:
+        info = trace_info(source)
+        if format not in (None, info.format):
+            raise KvbenchError(f"trace {source!r} is in {info.format!r} format, not {format!r}")
+        return source, READERS[info.format](locate(source))
+    path = Path(source)
+    if not path.exists():
+        raise KvbenchError(f"{source}: no such trace name or file; names: {sorted(TRACES)}")
+    if format not in READERS:
+        raise KvbenchError(f"{source}: give the file's format, one of {sorted(READERS)}")
+    return path.name, READERS[format](path)
+
+
+def load_trace(
+    source: str,
+    format: TraceFormat | None = None,
+    rate_scale: float = 1.0,
+    window_start_s: float | None = None,
+    window_end_s: float | None = None,
+    max_requests: int | None = None,
+    max_seq_len: int | None = None,
+    clip: bool = True,
+    seed: int = 0,
+    arrival: Arrival | dict[str, Any] | None = None,
+) -> Workload:
+    """Requests of a trace, in arrival order.
+
+    Args:
+        rate_scale: arrival times are divided by this (2.0 replays twice as fast).
+        window_start_s, window_end_s: keep requests arriving in [start, end) on the trace's
+            clock (seconds after its first request); times are rebased to the window start.
+        max_requests: keep the first N requests (after the window).
+        max_seq_len, clip: requests longer than max_seq_len are clipped and counted
+            (clip=True) or rejected with an error naming their line (clip=False).
+        arrival: the arrival process of a trace without timestamps (ShareGPT); `seed` seeds it.
+    """
+    if rate_scale <= 0:
+        raise KvbenchError(f"rate_scale must be > 0, got {rate_scale}")
+    name, rows = read_rows(source, format)
+    keep = np.arange(len(rows.lines))
+    t = rows.arrival_s
+    if t is not None and (window_start_s is not None or window_end_s is not None):
+        lo = -np.inf if window_start_s is None else window_start_s
+        hi = np.inf if window_end_s is None else window_end_s
+        keep = keep[(t >= lo) & (t < hi)]
+    if max_requests is not None:
+        keep = keep[:max_requests]
+    if not keep.size:
+        raise KvbenchError(f"{rows.path}: the window and max_requests select no requests")
+    if t is None:
+        arr = _as(Arrival, arrival)
+        times = arrival_times(arr.process, len(keep), arr.rate, arr.cv, np.random.default_rng(seed))
+    else:
+        times = t[keep] - t[keep[0]]
+    times = times / rate_scale
+    requests, num_clipped = [], 0
+    for j, i in enumerate(keep):
+        p, o = int(rows.prompt[i]), int(rows.output[i])
+        if max_seq_len is not None and p + o > max_seq_len:
+            if not clip:
+                raise InputError(
+                    rows.path,
+                    f"{p} + {o} tokens exceed max_seq_len {max_seq_len} (clipping is off)",
+                    row=int(rows.lines[i]),
+                    field=rows.prompt_field,
+                )
+            p, o = clip_lengths(p, o, max_seq_len)
+            num_clipped += 1
+        chunks: tuple = ()
+        if rows.hash_ids is not None:
+            chunks = _mooncake_chunks(rows.hash_ids[i], p)
+        requests.append(Request(j, float(times[j]), p, o, chunks))
+    return Workload(name, requests, num_clipped)
+
+
+def _mooncake_chunks(ids: list[int], prompt_len: int) -> tuple:
+    chunks = []
+    for h in ids:
+        if prompt_len <= 0:
+            break
+        chunks.append(((MOONCAKE, h), min(MOONCAKE_BLOCK, prompt_len)))
+        prompt_len -= MOONCAKE_BLOCK
+    return tuple(chunks)
