@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 def cdiv(a: int, b: int) -> int:
@@ -66,9 +66,11 @@ class Allocation:
 NO_CHANGE = Allocation()
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryUsage:
-    """The five memory quantities of DESIGN.md, in slots; they sum to `capacity`."""
+class MemoryUsage(NamedTuple):
+    """The five memory quantities of DESIGN.md, in slots; they sum to `capacity`.
+
+    A NamedTuple: the engine reads one every step, so it must be cheap to build.
+    """
 
     capacity: int
     token_states: int
@@ -78,8 +80,10 @@ class MemoryUsage:
     free: int
     logical_tokens: int
     """Sum of every live sequence's stored tokens, counting shared ones once per sequence."""
+    logical_slots: int
+    """Slots the live sequences would hold without sharing (sum of their table sizes)."""
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         parts = (self.token_states, self.reservation, self.internal_frag, self.external_frag)
         if min(*parts, self.free) < 0 or sum(parts) + self.free != self.capacity:
             raise AssertionError(f"memory accounting does not add up: {self}")
@@ -102,6 +106,14 @@ class KVAllocator(Protocol):
         """Make room for `num_new_tokens` more tokens of `seq` (admission when it holds none).
 
         Atomic: returns None and changes nothing when memory is short.
+        """
+        ...
+
+    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+        """One more token for each of seqs[start:], in order: the engine's decode step.
+
+        Equivalent to `allocate(s, 1)` for each, stopping at the first that returns None.
+        Returns the index of that sequence, or len(seqs) when all grew.
         """
         ...
 

@@ -33,6 +33,7 @@ class _Seq:
     table: list[int]
     num_tokens: int
     final_len: int
+    room: int  # len(table) * block_size
     hashes: list[int] = field(default_factory=list)  # prefix sharing: chain of full blocks
 
 
@@ -43,13 +44,13 @@ class PagedAllocator:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self._ref = [0] * (num_blocks + 1)
-        self._fill = [0] * (num_blocks + 1)
         self._free: Iterable[int] = deque(range(1, num_blocks + 1))
         self._seqs: dict[int, _Seq] = {}
         self._shared_tail: dict[int, set[int]] = {}  # shared partial block -> its holders
         self._tokens = 0  # filled slots of used blocks
         self._logical = 0  # sum of num_tokens over sequences
         self._reserved = 0  # sum of _reserve_of over sequences
+        self._logical_blocks = 0  # sum of table lengths
 
     @property
     def capacity(self) -> int:
@@ -64,8 +65,6 @@ class PagedAllocator:
         return self._free.popleft()  # type: ignore[attr-defined, no-any-return]
 
     def _release(self, freed: list[int]) -> None:
-        for b in freed:
-            self._fill[b] = 0
         self._free.extend(freed)  # type: ignore[attr-defined]
 
     def _register(self, seq: SeqLike, st: _Seq) -> None:
@@ -75,20 +74,22 @@ class PagedAllocator:
     def _reserve_of(self, st: _Seq) -> int:
         if not st.table or self._ref[st.table[-1]] > 1:
             return 0
-        return max(0, min(len(st.table) * self.block_size, st.final_len) - st.num_tokens)
+        return max(0, min(st.room, st.final_len) - st.num_tokens)
 
     def _take(self, n: int) -> list[int]:
-        ids = [self._pop_free() for _ in range(n)]
+        pop = self._pop_free
+        ids = [pop() for _ in range(n)]
+        ref = self._ref
         for b in ids:
-            self._ref[b] = 1
-            self._fill[b] = 0
+            ref[b] = 1
         return ids
 
+    def _tail_fill(self, st: _Seq) -> int:
+        """Tokens in the last block of `st`."""
+        return st.num_tokens - st.room + self.block_size
+
     def _write(self, st: _Seq, n: int) -> None:
-        """Fill `st`'s blocks up to n tokens (its last blocks are exclusively held)."""
-        bs = self.block_size
-        for i in range(st.num_tokens // bs, cdiv(n, bs)):
-            self._fill[st.table[i]] = min(bs, n - i * bs)
+        """`st` now holds n tokens (the blocks it writes into are exclusively held)."""
         self._tokens += n - st.num_tokens
         self._logical += n - st.num_tokens
         st.num_tokens = n
@@ -108,19 +109,54 @@ class PagedAllocator:
         if st is None:
             return self._admit(seq, num_new_tokens)
         n = st.num_tokens + num_new_tokens
-        room = len(st.table) * self.block_size
-        last = st.table[-1]
-        if n <= room and self._ref[last] == 1:  # fast path: decode into the own last block
-            cap = min(room, st.final_len)
-            self._reserved -= max(0, cap - st.num_tokens) - max(0, cap - n)
-            self._fill[last] += num_new_tokens
+        if n <= st.room and self._ref[st.table[-1]] == 1:  # fast path: into the own last block
+            if n <= st.final_len:
+                self._reserved -= num_new_tokens
+            else:
+                self._reserved -= self._reserve_of(st) - max(0, min(st.room, st.final_len) - n)
             self._tokens += num_new_tokens
             self._logical += num_new_tokens
             st.num_tokens = n
-            if n == room:
+            if n == st.room:
                 self._register(seq, st)
             return NO_CHANGE
         return self._grow(seq, st, n)
+
+    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+        states, ref, free, bs = self._seqs, self._ref, self._free, self.block_size
+        fast = slow = 0  # tokens written on the fast paths are counted in once, at the end
+        for seq in seqs[start:] if start else seqs:
+            st = states[seq.seq_id]
+            n = st.num_tokens + 1
+            if n <= st.room:
+                if n <= st.final_len and ref[st.table[-1]] == 1:  # into the own last block
+                    st.num_tokens = n
+                    fast += 1
+                    if n == st.room:
+                        self._register(seq, st)
+                    continue
+            elif n == st.room + 1 and n <= st.final_len and free:  # full: take one block
+                b = self._pop_free()
+                ref[b] = 1
+                st.table.append(b)
+                st.room += bs
+                st.num_tokens = n
+                self._reserved += min(st.room, st.final_len) - n + 1
+                self._logical_blocks += 1
+                fast += 1
+                continue
+            if self.allocate(seq, 1) is None:
+                self._count_fast(fast)
+                return start + fast + slow
+            slow += 1
+        self._count_fast(fast)
+        return len(seqs)
+
+    def _count_fast(self, n: int) -> None:
+        """n tokens went into exclusively held last blocks, each within its final length."""
+        self._tokens += n
+        self._logical += n
+        self._reserved -= n
 
     def _admit(self, seq: SeqLike, num_tokens: int) -> Allocation | None:
         if num_tokens < 1:
@@ -128,8 +164,9 @@ class PagedAllocator:
         need = cdiv(num_tokens, self.block_size)
         if need > self.num_free_blocks:
             return None
-        st = _Seq(self._take(need), 0, seq.final_len)
+        st = _Seq(self._take(need), 0, seq.final_len, need * self.block_size)
         self._seqs[seq.seq_id] = st
+        self._logical_blocks += need
         self._write(st, num_tokens)
         self._reserved += self._reserve_of(st)
         self._register(seq, st)
@@ -146,13 +183,14 @@ class PagedAllocator:
         copies: tuple[tuple[int, int, int], ...] = ()
         if cow:
             (new,) = self._take(1)
-            self._fill[new] = self._fill[last]
-            self._tokens += self._fill[new]
+            self._tokens += self._tail_fill(st)
             st.table[-1] = new
             self._unshare(last, seq.seq_id)
             copies = ((last, new, 1),)
         added = self._take(need)
         st.table.extend(added)
+        st.room += need * bs
+        self._logical_blocks += need
         self._write(st, n)
         self._reserved += self._reserve_of(st)
         self._register(seq, st)
@@ -165,9 +203,10 @@ class PagedAllocator:
             self._shared_tail.setdefault(p.table[-1], {parent_id}).add(child.seq_id)
         for b in p.table:
             self._ref[b] += 1
-        st = _Seq(list(p.table), p.num_tokens, child.final_len, list(p.hashes))
+        st = _Seq(list(p.table), p.num_tokens, child.final_len, p.room, list(p.hashes))
         self._seqs[child.seq_id] = st
         self._logical += st.num_tokens
+        self._logical_blocks += len(st.table)
         return Allocation(tuple(st.table))
 
     def free(self, seq_id: int) -> None:
@@ -175,15 +214,21 @@ class PagedAllocator:
         self._reserved -= self._reserve_of(st)
         del self._seqs[seq_id]
         self._logical -= st.num_tokens
+        self._logical_blocks -= len(st.table)
+        ref = self._ref
+        if st.table[-1] in self._shared_tail:
+            self._unshare(st.table[-1], seq_id)
+            ref[st.table[-1]] += 1  # dropped once more below
         freed = []
         for b in reversed(st.table):
-            if b in self._shared_tail:
-                self._unshare(b, seq_id)
-            else:
-                self._ref[b] -= 1
-            if self._ref[b] == 0:
-                self._tokens -= self._fill[b]
+            ref[b] -= 1
+            if not ref[b]:
                 freed.append(b)
+        if freed:  # every freed block is full but perhaps the tail
+            tail_freed = freed[0] == st.table[-1]
+            self._tokens -= len(freed) * self.block_size - (
+                self.block_size - self._tail_fill(st) if tail_freed else 0
+            )
         self._release(freed)
 
     def block_table(self, seq_id: int) -> Sequence[int]:
@@ -193,15 +238,17 @@ class PagedAllocator:
         return self._seqs[seq_id].num_tokens
 
     def usage(self) -> MemoryUsage:
-        used = (self.num_blocks - self.num_free_blocks) * self.block_size
+        bs = self.block_size
+        free = len(self._free) * bs  # type: ignore[arg-type]
         return MemoryUsage(
-            capacity=self.capacity,
-            token_states=self._tokens,
-            reservation=self._reserved,
-            internal_frag=used - self._tokens - self._reserved,
-            external_frag=0,
-            free=self.num_free_blocks * self.block_size,
-            logical_tokens=self._logical,
+            self.num_blocks * bs,
+            self._tokens,
+            self._reserved,
+            self.num_blocks * bs - free - self._tokens - self._reserved,
+            0,
+            free,
+            self._logical,
+            self._logical_blocks * bs,
         )
 
     def check_invariants(self) -> None:
@@ -210,17 +257,20 @@ class PagedAllocator:
         assert len(free) == len(set(free)), "a block is in the free queue twice"
         assert all(self._ref[b] == 0 for b in free), "a free block is referenced"
         refs = [0] * (self.num_blocks + 1)
+        fill: dict[int, int] = {}
         for st in self._seqs.values():
             assert len(st.table) == cdiv(st.num_tokens, bs), "table length != ceil(tokens/bs)"
+            assert st.room == len(st.table) * bs
             for i, b in enumerate(st.table):
                 refs[b] += 1
-                assert self._fill[b] == min(bs, st.num_tokens - i * bs), f"block {b} fill"
+                n = min(bs, st.num_tokens - i * bs)
+                assert fill.setdefault(b, n) == n, f"holders of block {b} disagree on its tokens"
         assert refs == self._ref, "refcounts differ from the tables"
         assert refs[0] == 0, "the null block was handed out"
         assert len(free) + sum(r > 0 for r in refs) == self.num_blocks, "free + used != total"
-        used = [b for b in range(1, self.num_blocks + 1) if refs[b]]
-        assert self._tokens == sum(self._fill[b] for b in used)
+        assert self._tokens == sum(fill.values()), "token states differ from the tables"
         assert self._logical == sum(st.num_tokens for st in self._seqs.values())
+        assert self._logical_blocks == sum(len(st.table) for st in self._seqs.values())
         assert self._reserved == sum(self._reserve_of(st) for st in self._seqs.values())
         for b, holders in self._shared_tail.items():
             assert len(holders) == self._ref[b] > 1, f"shared tail {b} holders"
@@ -231,4 +281,4 @@ class PagedAllocator:
             if st.num_tokens % bs and self._ref[st.table[-1]] > 1
         }
         assert partial_shared == set(self._shared_tail), "untracked shared partial block"
-        self.usage()  # its constructor checks that the five add up
+        self.usage().check()

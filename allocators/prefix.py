@@ -47,7 +47,6 @@ class PrefixAllocator(PagedAllocator):
         for b in freed:
             self._free[b] = None
             if b not in self._meta:
-                self._fill[b] = 0
                 self._free.move_to_end(b, last=False)
 
     def _register(self, seq: SeqLike, st: _Seq) -> None:
@@ -91,13 +90,15 @@ class PrefixAllocator(PagedAllocator):
             return None
         for b in revived:
             del self._free[b]
-            self._tokens += self._fill[b]
+            self._tokens += bs  # cached blocks are full
         for b in hits:
             self._ref[b] += 1
         num_cached = len(hits) * bs
-        st = _Seq(hits + self._take(need), num_cached, seq.final_len, hashes)
+        st = _Seq(hits + self._take(need), num_cached, seq.final_len, 0, hashes)
+        st.room = len(st.table) * bs
         self._seqs[seq.seq_id] = st
         self._logical += num_cached
+        self._logical_blocks += len(st.table)
         self._write(st, num_tokens)
         self._reserved += self._reserve_of(st)
         self._register(seq, st)
@@ -108,9 +109,6 @@ class PrefixAllocator(PagedAllocator):
         for h, blocks in self._cached.items():
             assert blocks and all(self._meta[b][0] == h for b in blocks), f"cache entry {h}"
         assert sum(map(len, self._cached.values())) == len(self._meta), "uncached meta"
-        for b in self._meta:
-            if self._ref[b] == 0:
-                assert self._fill[b] == self.block_size, f"cached free block {b} not full"
         for st in self._seqs.values():
             assert len(st.hashes) == st.num_tokens // self.block_size, "unregistered block"
             for b, h in zip(st.table, st.hashes):

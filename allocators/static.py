@@ -111,6 +111,16 @@ class StaticAllocator:
             return None
         return Allocation(new_block_ids=(r.start + 1,))
 
+    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+        ranges = self._seqs
+        for i in range(start, len(seqs)):
+            r = ranges[seqs[i].seq_id]
+            if r.num_tokens >= r.size:
+                raise ValueError(f"sequence {seqs[i].seq_id} outgrew its reservation of {r.size}")
+            r.num_tokens += 1
+        self._tokens += len(seqs) - start
+        return len(seqs)
+
     def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
         parent = self._seqs[parent_id]
         r = self._place(child, parent.num_tokens)
@@ -144,6 +154,7 @@ class StaticAllocator:
             external_frag=self._slack + stranded,
             free=self._space.num_free - stranded,
             logical_tokens=self._tokens,
+            logical_slots=self._committed + self._internal,
         )
 
     def check_invariants(self) -> None:
@@ -155,4 +166,4 @@ class StaticAllocator:
         assert self._internal == sum(max(0, r.size - r.final_len) for r in rs)
         assert self._slack == sum(r.footprint - r.size for r in rs)
         assert self._space.num_free + sum(r.footprint for r in rs) == self.capacity
-        self.usage()  # its constructor checks that the five add up
+        self.usage().check()

@@ -1,0 +1,121 @@
+"""Per-step and per-request records of a run, and the summary computed from them.
+
+Metric names are the constants below; tables are column dicts (written as Parquet by
+experiments/results.py). Memory shares are fractions of capacity. "Saturated" steps are the
+steps in which the allocator refused the head-of-line request: memory limited admission.
+The PagedAttention paper's Fig. 2 averages over those; `*_all_steps` averages over all steps.
+Both are plain means over steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from allocators.base import MemoryUsage
+from engine.sequence import Group
+
+STEP_COLUMNS = (
+    "time_s",
+    "duration_s",
+    "num_running_reqs",
+    "num_running_seqs",
+    "num_waiting",
+    "num_prefill_tokens",
+    "num_decode_tokens",
+    "mem_limited",
+    "num_preempted",
+    *MemoryUsage._fields,
+)
+SHARES = ("token_states", "reservation", "internal_frag", "external_frag", "free")
+REQUEST_COLUMNS = (
+    "req_id",
+    "arrival_s",
+    "first_token_s",
+    "finish_s",
+    "prompt_tokens",
+    "output_tokens",
+    "num_seqs",
+    "num_preemptions",
+    "cached_tokens",
+    "computed_tokens",
+)
+
+
+class StepLog:
+    """One row per engine step, a flat tuple in STEP_COLUMNS order (the MemoryUsage last).
+
+    The engine appends to `rows` directly: it is its hot path.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+
+    def columns(self) -> dict[str, np.ndarray]:
+        table = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), len(STEP_COLUMNS))
+        cols = {name: table[:, j] for j, name in enumerate(STEP_COLUMNS)}
+        for name in STEP_COLUMNS[2:]:
+            cols[name] = cols[name].astype(bool if name == "mem_limited" else np.int64)
+        return cols
+
+
+def request_columns(groups: list[Group]) -> dict[str, np.ndarray]:
+    rows = [
+        (
+            g.req.req_id,
+            g.req.arrival_s,
+            g.first_token_s,
+            g.finish_s,
+            g.req.prompt_len,
+            g.req.output_len * g.num_seqs,
+            g.num_seqs,
+            g.num_preemptions,
+            g.num_cached_tokens,
+            g.num_computed_tokens,
+        )
+        for g in sorted(groups, key=lambda g: g.req.req_id)
+    ]
+    cols = list(zip(*rows)) if rows else [[] for _ in REQUEST_COLUMNS]
+    return {name: np.asarray(col) for name, col in zip(REQUEST_COLUMNS, cols)}
+
+
+def summarize(steps: dict[str, np.ndarray], reqs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The run's headline numbers (summary.json keys of DESIGN.md / the engine issue)."""
+    n = len(steps["time_s"])
+    cap = steps["capacity"].astype(float)
+    sat = steps["mem_limited"].astype(bool)
+    out: dict[str, Any] = {"num_steps": n, "num_saturated_steps": int(sat.sum())}
+    for name in SHARES:
+        share = steps[name] / cap if n else np.zeros(0)
+        out[f"share_{name}"] = float(share[sat].mean()) if sat.any() else None
+        out[f"share_{name}_all_steps"] = float(share.mean()) if n else None
+    batch = steps["num_running_reqs"]
+    out["max_batch_size"] = int(batch.max()) if n else 0
+    out["mean_batch_size"] = float(batch.mean()) if n else 0.0
+    out["mean_batch_size_saturated"] = float(batch[sat].mean()) if sat.any() else None
+    out["mean_running_seqs"] = float(steps["num_running_seqs"].mean()) if n else 0.0
+    logical = steps["logical_slots"].astype(float)
+    used = cap - steps["free"] - steps["external_frag"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        saving = np.where(logical > 0, 1 - used / logical, np.nan)
+        ratio = np.where(
+            steps["token_states"] > 0, steps["logical_tokens"] / steps["token_states"], np.nan
+        )
+    out["block_saving"] = float(np.nanmean(saving)) if n and np.isfinite(saving).any() else 0.0
+    out["logical_physical_token_ratio"] = (
+        float(np.nanmean(ratio)) if n and np.isfinite(ratio).any() else 1.0
+    )
+    cached, computed = reqs["cached_tokens"].sum(), reqs["computed_tokens"].sum()
+    out["prefix_hit_rate"] = float(cached / (cached + computed)) if cached + computed else 0.0
+    end = float(steps["time_s"][-1] + steps["duration_s"][-1]) if n else 0.0
+    out["sim_time_s"] = end
+    generated = int(reqs["output_tokens"].sum())
+    out["throughput_tokens_per_s"] = generated / end if end > 0 else 0.0
+    latency = reqs["finish_s"] - reqs["arrival_s"]
+    if len(latency):
+        per_token = latency / (reqs["output_tokens"] / reqs["num_seqs"])
+        out["mean_latency_s"] = float(latency.mean())
+        out["mean_normalized_latency_s"] = float(per_token.mean())
+        out["mean_ttft_s"] = float((reqs["first_token_s"] - reqs["arrival_s"]).mean())
+    return out
