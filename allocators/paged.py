@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from allocators.base import NO_CHANGE, Allocation, MemoryUsage, SeqLike, cdiv
 
+_new = tuple.__new__
+
 
 @dataclass(slots=True)
 class _Seq:
@@ -124,6 +126,7 @@ class PagedAllocator:
 
     def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
         states, ref, free, bs = self._seqs, self._ref, self._free, self.block_size
+        pop = self._pop_free
         fast = slow = 0  # tokens written on the fast paths are counted in once, at the end
         for seq in seqs[start:] if start else seqs:
             st = states[seq.seq_id]
@@ -136,7 +139,7 @@ class PagedAllocator:
                         self._register(seq, st)
                     continue
             elif n == st.room + 1 and n <= st.final_len and free:  # full: take one block
-                b = self._pop_free()
+                b = pop()
                 ref[b] = 1
                 st.table.append(b)
                 st.room += bs
@@ -239,17 +242,15 @@ class PagedAllocator:
 
     def usage(self) -> MemoryUsage:
         bs = self.block_size
+        cap = self.num_blocks * bs
         free = len(self._free) * bs  # type: ignore[arg-type]
-        return MemoryUsage(
-            self.num_blocks * bs,
-            self._tokens,
-            self._reserved,
-            self.num_blocks * bs - free - self._tokens - self._reserved,
-            0,
-            free,
-            self._logical,
-            self._logical_blocks * bs,
-        )
+        tokens, reserved = self._tokens, self._reserved
+        # NOTE: tuple.__new__ skips the NamedTuple constructor's Python frame (hot path)
+        return _new(
+            MemoryUsage,
+            (cap, tokens, reserved, cap - free - tokens - reserved, 0, free, self._logical,
+             self._logical_blocks * bs),
+        )  # fmt: skip
 
     def check_invariants(self) -> None:
         bs = self.block_size

@@ -20,6 +20,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from workloads.errors import KvbenchError
+
 GIB = 1 << 30
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -110,7 +112,7 @@ def hf_config(name: str) -> Any:
 
 def _preset(name: str) -> tuple[str, dict[str, Any]]:
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(PRESETS)}")
+        raise KvbenchError(f"unknown model {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 

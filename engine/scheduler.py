@@ -34,6 +34,8 @@ from workloads.errors import KvbenchError
 from workloads.request import Request
 
 StepTime = Callable[[int, int, int, float, int], float]
+# prefill tokens, cached tokens, query-key pairs, logical tokens, memory-limited, admitted
+_NO_ADMISSION: tuple = (0, 0, 0.0, 0, False, ())
 
 
 @dataclass
@@ -137,7 +139,7 @@ class Engine:
         pending, waiting, running = self._pending, self._waiting, self._running
         decode, usage, step_time = self.alloc.decode, self.alloc.usage, self.step_time
         finish_at, log = self._finish_at, self._result.steps
-        log_row = log.rows.append
+        log_row, log_usage = log.rows.append, log.usage.append
         clock, step = 0.0, 0
         next_arrival = pending[0].arrival_s if pending else float("inf")
         while pending or waiting or running:
@@ -152,7 +154,7 @@ class Engine:
                 if i < len(seqs):
                     preempted = self._preempt_for(i, step)
             num_decode = len(self._seqs)
-            batch = (0, 0, 0.0, 0, False, [])
+            batch = _NO_ADMISSION
             if waiting and not preempted:  # 2. admission
                 batch = self._admit_waiting(step, num_decode)
             if not running:
@@ -170,11 +172,13 @@ class Engine:
                 prefill_cached,
             )
             log_row((clock, dt, len(running), len(self._seqs), len(waiting), num_prefill,
-                     num_decode, mem_limited, preempted, *u))  # fmt: skip
+                     num_decode, mem_limited, preempted))  # fmt: skip
+            log_usage(u)
             clock += dt
-            for g in new:
-                if g.first_token_s < 0:
-                    g.first_token_s = clock
+            if new:
+                for g in new:
+                    if g.first_token_s < 0:
+                        g.first_token_s = clock
             if step in finish_at:  # 4. finish and prune
                 self._finish(step, clock)
             if self._beams:

@@ -157,9 +157,17 @@ def read_mooncake(path: Path) -> Rows:
 READERS = {"azure": read_azure, "mooncake": read_mooncake, "sharegpt": read_sharegpt}
 
 
-def read_rows(source: str, format: TraceFormat | None = None) -> tuple[str, Rows]:
-    """Parse a named trace, or a file path with an explicit format."""
-    if source in TRACES:
+def read_rows(
+    source: str, format: TraceFormat | None = None, path: str | None = None
+) -> tuple[str, Rows]:
+    """Parse a named trace, or a file (`path`, or `source` naming a file) with a format.
+
+    A file given by `path` is read in `format`, or else in the format of the trace `source`.
+    """
+    if path is not None:
+        format = format or (trace_info(source).format if source in TRACES else None)
+        source = path
+    elif source in TRACES:
         info = trace_info(source)
         if format not in (None, info.format):
             raise KvbenchError(f"trace {source!r} is in {info.format!r} format, not {format!r}")
@@ -175,6 +183,7 @@ def read_rows(source: str, format: TraceFormat | None = None) -> tuple[str, Rows
 def load_trace(
     source: str,
     format: TraceFormat | None = None,
+    path: str | None = None,
     rate_scale: float = 1.0,
     window_start_s: float | None = None,
     window_end_s: float | None = None,
@@ -187,6 +196,7 @@ def load_trace(
     """Requests of a trace, in arrival order.
 
     Args:
+        source, format, path: see `read_rows`.
         rate_scale: arrival times are divided by this (2.0 replays twice as fast).
         window_start_s, window_end_s: keep requests arriving in [start, end) on the trace's
             clock (seconds after its first request); times are rebased to the window start.
@@ -197,7 +207,7 @@ def load_trace(
     """
     if rate_scale <= 0:
         raise KvbenchError(f"rate_scale must be > 0, got {rate_scale}")
-    name, rows = read_rows(source, format)
+    name, rows = read_rows(source, format, path)
     keep = np.arange(len(rows.lines))
     t = rows.arrival_s
     if t is not None and (window_start_s is not None or window_end_s is not None):

@@ -65,8 +65,10 @@ class RooflineCost:
             prefill_cached: cached prefix tokens the prefills read.
         """
         tokens = num_prefill + num_decode
-        flops = self._flops_per_token * tokens + self._flops_per_pair * (
-            decode_context + prefill_pairs
+        compute = (
+            self._flops_per_token * tokens + self._flops_per_pair * (decode_context + prefill_pairs)
+        ) / self._flops_rate
+        memory = (self._weights + self._kv * (decode_context + prefill_cached + tokens)) / (
+            self._byte_rate
         )
-        nbytes = self._weights + self._kv * (decode_context + prefill_cached + tokens)
-        return max(flops / self._flops_rate, nbytes / self._byte_rate) + self._overhead
+        return (compute if compute > memory else memory) + self._overhead

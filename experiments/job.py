@@ -1,0 +1,163 @@
+"""One job: build workload, allocator and backend from the config, run the engine, write results."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from allocators import KVAllocator
+from engine.backends.sim import RooflineCost
+from engine.metrics import request_columns, summarize
+from engine.models import model_spec
+from engine.scheduler import Engine, EngineLimits
+from experiments import results
+from workloads.errors import KvbenchError
+from workloads.request import Workload
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a user's config mistake shown as a KvbenchError."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, KvbenchError):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError)):
+            raise KvbenchError(f"{node.get('_target_')}: {cause}") from None
+        raise
+
+
+def build_workload(cfg: DictConfig) -> Workload:
+    return build(cfg.workload, seed=cfg.seed, max_seq_len=cfg.max_seq_len)  # type: ignore[no-any-return]
+
+
+def capacity_slots(cfg: DictConfig, workload: Workload) -> int:
+    """KV slots of the budget; without a budget, room for every sequence at once."""
+    if cfg.kv_budget_gib is None:
+        return sum((r.prompt_len + r.output_len) * r.num_seqs for r in workload.requests)
+    if cfg.kv_budget_gib <= 0:
+        raise KvbenchError(f"kv_budget_gib must be > 0 or null, got {cfg.kv_budget_gib}")
+    return model_spec(cfg.model.name).kv_capacity_slots(cfg.kv_budget_gib)
+
+
+def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Run one job into out_dir; skip it when out_dir holds this job's finished results."""
+    done = results.finished_summary(out_dir)
+    if done is not None:
+        if done.get("overrides") != overrides:
+            raise KvbenchError(
+                f"{out_dir} holds the results of another job ({done.get('overrides')}); "
+                "choose another hydra.sweep.dir or hydra.run.dir"
+            )
+        print(f"skipped: {out_dir} already holds this job's results")
+        return done
+    t0 = time.perf_counter()
+    workload = build_workload(cfg)
+    spec = model_spec(cfg.model.name)
+    num_slots = capacity_slots(cfg, workload)
+    alloc: KVAllocator = instantiate(
+        cfg.allocator, num_slots=num_slots, max_seq_len=cfg.max_seq_len
+    )
+    cost = RooflineCost(spec, build(cfg.gpu))
+    limits = EngineLimits(**cfg.engine)
+    with tqdm(
+        total=len(workload.requests),
+        unit="req",
+        disable=not cfg.progress,
+        mininterval=0.5,
+        desc=f"{type(alloc).__name__}",
+    ) as bar:
+        engine = Engine(alloc, cost.step_time, limits, seed=cfg.seed, on_finish=bar.update)
+        result = engine.run(workload.requests)
+    _check_drained(alloc)
+    steps, reqs = result.steps.columns(), request_columns(result.finished)
+    summary = {
+        "allocator": _allocator_name(alloc),
+        "block_size": alloc.block_size,
+        "reservation": getattr(alloc, "reservation", None),
+        "placement": getattr(alloc, "placement", None),
+        "workload": workload.name,
+        "model": spec.name,
+        "gpu": cfg.gpu.name,
+        "backend": cfg.backend.name,
+        "kv_budget_gib": cfg.kv_budget_gib,
+        "max_seq_len": cfg.max_seq_len,
+        "seed": cfg.seed,
+        "num_requests": len(workload.requests),
+        "requests_finished": len(result.finished),
+        "prompt_tokens": int(reqs["prompt_tokens"].sum()),
+        "generated_tokens": int(reqs["output_tokens"].sum()),
+        "clipped_requests": workload.num_clipped,
+        "capacity_slots": alloc.capacity,
+        "budget_slots": num_slots,
+        "num_preemptions": result.num_preemptions,
+        **summarize(steps, reqs),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.write_parquet(out_dir / "steps.parquet", steps)
+    results.write_parquet(out_dir / "requests.parquet", reqs)
+    results.write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    results.write_json(out_dir / "env.json", results.env_record(cfg.seed, "none (sim backend)"))
+    summary["wall_time_s"] = time.perf_counter() - t0
+    summary["overrides"] = overrides
+    results.write_json(out_dir / results.SUMMARY, summary)
+    return summary
+
+
+def _allocator_name(alloc: KVAllocator) -> str:
+    return {"StaticAllocator": "static", "PagedAllocator": "paged", "PrefixAllocator": "prefix"}[
+        type(alloc).__name__
+    ]
+
+
+def _check_drained(alloc: KVAllocator) -> None:
+    u = alloc.usage()
+    if u.token_states or u.reservation or u.internal_frag:
+        raise AssertionError(f"blocks leaked after the run: {u}")
+    alloc.check_invariants()
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """A short table of the headline numbers."""
+
+    def pct(key: str) -> str:
+        v = s.get(key)
+        return "-" if v is None else f"{100 * v:5.1f}%"
+
+    name = s["allocator"] + (
+        f" ({s['reservation']}, {s['placement']})"
+        if s["reservation"]
+        else f" (block {s['block_size']})"
+    )
+    lines = [
+        f"kvbench  {name}  on {s['workload']}  |  {s['model']} on {s['gpu']} ({s['backend']})",
+        f"  requests        {s['requests_finished']:,} / {s['num_requests']:,} finished, "
+        f"{s['clipped_requests']:,} clipped, {s['num_preemptions']:,} preemptions",
+        f"  KV capacity     {s['capacity_slots']:,} slots ({s['kv_budget_gib']} GiB)",
+        f"  batch size      mean {s['mean_batch_size']:.1f}, max {s['max_batch_size']}",
+        f"  throughput      {s['throughput_tokens_per_s']:,.0f} generated tokens/s (simulated "
+        f"{s['sim_time_s']:,.1f} s in {s['wall_time_s']:.1f} s)",
+        f"  memory          {'':16}{'saturated':>10}{'all steps':>11}",
+    ]
+    for k, label in (
+        ("token_states", "token states"),
+        ("reservation", "reservation"),
+        ("internal_frag", "internal frag."),
+        ("external_frag", "external frag."),
+        ("free", "free"),
+    ):
+        lines.append(f"    {label:<28}{pct('share_' + k):>10}{pct(f'share_{k}_all_steps'):>11}")
+    lines.append(
+        f"  saturated steps {s['num_saturated_steps']:,} of {s['num_steps']:,} "
+        "(memory refused the head-of-line request)"
+    )
+    if s["prefix_hit_rate"]:
+        lines.append(f"  prefix hits     {100 * s['prefix_hit_rate']:.1f}% of prompt tokens")
+    return "\n".join(lines)

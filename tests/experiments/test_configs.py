@@ -1,0 +1,70 @@
+"""Every option of every config group composes and builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from engine.backends.sim import GpuProfile
+from engine.models import model_spec
+from experiments.job import build_workload
+
+CONF = Path(__file__).parents[2] / "experiments" / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def cfg_with(*overrides: str):
+    with initialize_config_module("experiments.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name", options("allocator"))
+def test_allocators_build(name):
+    cfg = cfg_with(f"allocator={name}")
+    alloc = instantiate(cfg.allocator, num_slots=40_000, max_seq_len=cfg.max_seq_len)
+    assert alloc.capacity <= 40_000 and alloc.usage().free == alloc.capacity
+
+
+@pytest.mark.parametrize("name", options("workload"))
+def test_workloads_build(name, need_trace):
+    cfg = cfg_with(f"workload={name}")
+    if "source" in cfg.workload:
+        if cfg.workload.source == "azure_code":
+            pytest.skip("no local copy of azure_code; its parser is tested through azure_conv")
+        need_trace(cfg.workload.source)
+    w = build_workload(cfg)
+    assert w.requests and all(r.prompt_len + r.output_len <= cfg.max_seq_len for r in w.requests)
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_models_build(name):
+    assert model_spec(cfg_with(f"model={name}").model.name).kv_bytes_per_token > 0
+
+
+@pytest.mark.parametrize("name", options("gpu"))
+def test_gpus_build(name):
+    assert isinstance(instantiate(cfg_with(f"gpu={name}").gpu), GpuProfile)
+
+
+@pytest.mark.parametrize("name", options("sweep"))
+def test_sweeps_are_multiruns(name):
+    cfg = cfg_with(f"sweep={name}")
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiments_compose(name):
+    cfg = cfg_with(f"experiment={name}")
+    assert cfg.allocator and cfg.workload
+
+
+def test_slurm_launcher_composes():
+    cfg = cfg_with("hydra/launcher=slurm")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
