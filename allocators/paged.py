@@ -147,6 +147,8 @@ class PagedAllocator:
                 self._reserved += min(st.room, st.final_len) - n + 1
                 self._logical_blocks += 1
                 fast += 1
+                if bs == 1:  # the new block is full at once
+                    self._register(seq, st)
                 continue
             if self.allocate(seq, 1) is None:
                 self._count_fast(fast)

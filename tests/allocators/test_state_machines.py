@@ -70,6 +70,20 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert self.a.num_tokens(s.seq_id) == n + k
 
     @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def decode(self, data):
+        """The engine's step: one token each, stopping at the first that does not fit."""
+        ids = data.draw(st.permutations(sorted(self.live)))
+        seqs = [self.live[i] for i in ids if self.a.num_tokens(i) < self.live[i].final_len - 1]
+        start = data.draw(st.integers(0, len(seqs)))
+        before = {s.seq_id: self.a.num_tokens(s.seq_id) for s in seqs}
+        done = self.a.decode(seqs, start)
+        assert start <= done <= len(seqs)
+        for j, s in enumerate(seqs):
+            grew = start <= j < done
+            assert self.a.num_tokens(s.seq_id) == before[s.seq_id] + grew
+
+    @precondition(lambda self: self.live)
     @rule(data=st.data(), output=st.integers(1, MAX_SEQ_LEN // 2))
     def fork(self, data, output):
         p = self.live[data.draw(st.sampled_from(sorted(self.live)))]
