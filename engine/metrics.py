@@ -45,20 +45,18 @@ REQUEST_COLUMNS = (
 
 
 class StepLog:
-    """One row per engine step: the step's own columns in `rows`, its MemoryUsage in `usage`.
+    """One row per engine step, a flat tuple in STEP_COLUMNS order (the MemoryUsage last).
 
-    The engine appends to both directly: it is its hot path.
+    The engine appends to `rows` directly: it is its hot path.
     """
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
-        self.usage: list[MemoryUsage] = []
 
     def columns(self) -> dict[str, np.ndarray]:
-        n, m = len(self.rows), len(MemoryUsage._fields)
-        heads = np.fromiter(chain.from_iterable(self.rows), np.float64, n * (len(STEP_COLUMNS) - m))
-        usage = np.fromiter(chain.from_iterable(self.usage), np.float64, n * m)
-        table = np.hstack([heads.reshape(n, -1), usage.reshape(n, m)])
+        n = len(self.rows)
+        table = np.fromiter(chain.from_iterable(self.rows), np.float64, n * len(STEP_COLUMNS))
+        table = table.reshape(n, len(STEP_COLUMNS))
         cols = {name: table[:, j] for j, name in enumerate(STEP_COLUMNS)}
         for name in STEP_COLUMNS[2:]:
             cols[name] = cols[name].astype(bool if name == "mem_limited" else np.int64)

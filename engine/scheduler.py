@@ -139,7 +139,7 @@ class Engine:
         pending, waiting, running = self._pending, self._waiting, self._running
         decode, usage, step_time = self.alloc.decode, self.alloc.usage, self.step_time
         finish_at, log = self._finish_at, self._result.steps
-        log_row, log_usage = log.rows.append, log.usage.append
+        log_row = log.rows.append
         clock, step = 0.0, 0
         next_arrival = pending[0].arrival_s if pending else float("inf")
         while pending or waiting or running:
@@ -172,8 +172,7 @@ class Engine:
                 prefill_cached,
             )
             log_row((clock, dt, len(running), len(self._seqs), len(waiting), num_prefill,
-                     num_decode, mem_limited, preempted))  # fmt: skip
-            log_usage(u)
+                     num_decode, mem_limited, preempted, *u))  # fmt: skip
             clock += dt
             if new:
                 for g in new:
