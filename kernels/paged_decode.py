@@ -1,0 +1,255 @@
+"""Paged decode attention (one query token per sequence) over a block-table KV pool.
+
+    grid (num_seqs, num_kv_heads, num_splits): a program takes the GROUP query heads that read
+    one KV head (grouped-query attention, padded to 16 rows for tensor-core dots) and one
+    contiguous range of the context (split-K), walks it BLOCK_N tokens at a time - each
+    token's K/V row found through the block table - with an online softmax; with several
+    splits a second kernel merges the partial results (log-sum-exp weighting).
+
+Pool `[num_blocks, block_size, num_kv_heads, head_dim]`, block table int32
+`[num_seqs, max_blocks_per_seq]`, `seq_lens` int32 (each >= 1). Offsets into the pool are
+int64, so pools where block_id * block_stride overflows int32 work.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_kernel(
+    out_ptr,  # [num_seqs, num_heads, head_dim]
+    part_acc_ptr,  # [num_seqs, num_heads, num_splits, head_dim] fp32 (num_splits > 1)
+    part_ml_ptr,  # [num_seqs, num_heads, num_splits, 2] fp32: running max, sum (log2 units)
+    q_ptr,  # [num_seqs, num_heads, head_dim]
+    k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_table_ptr,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens_ptr,  # [num_seqs] int32
+    qk_scale,  # softmax scale * log2(e)
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_bt,
+    stride_os,
+    stride_oh,
+    num_heads,
+    tokens_per_split,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    start = split * tokens_per_split
+    end = tl.minimum(start + tokens_per_split, seq_len)
+
+    offs_g = tl.arange(0, BLOCK_G)  # [BLOCK_G] query heads of this KV head
+    offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] tokens of a tile
+    heads = kv_head * GROUP + offs_g
+    g_mask = offs_g < GROUP
+    q = tl.load(  # [BLOCK_G, HEAD_DIM]
+        q_ptr + seq * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=g_mask[:, None],
+        other=0.0,
+    )
+    if UPCAST:  # the CPU interpreter computes low-precision dots wrongly
+        q = q.to(tl.float32)
+    bt_row = block_table_ptr + seq * stride_bt
+    k_head = k_cache_ptr + kv_head * stride_kh + offs_d[None, :]
+    v_head = v_cache_ptr + kv_head * stride_vh + offs_d[None, :]
+
+    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_sum = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+    for tile in tl.range(start, end, BLOCK_N):
+        toks = tile + offs_n
+        n_mask = toks < end
+        block = tl.load(bt_row + toks // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+        row = (toks % BLOCK_SIZE)[:, None]  # [BLOCK_N, 1]
+        kv_mask = n_mask[:, None]
+        k = tl.load(k_head + block[:, None] * stride_kb + row * stride_kt, mask=kv_mask, other=0.0)
+        v = tl.load(v_head + block[:, None] * stride_vb + row * stride_vt, mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N]
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m - m_new)
+        l_sum = l_sum * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+
+    g_rows = (seq * stride_os + heads * stride_oh)[:, None]
+    if NUM_SPLITS == 1:
+        out = acc / l_sum[:, None]
+        tl.store(
+            out_ptr + g_rows + offs_d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=g_mask[:, None],
+        )
+    else:
+        part = (seq * num_heads + heads) * NUM_SPLITS + split  # partial results are contiguous
+        tl.store(
+            part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=g_mask[:, None]
+        )
+        tl.store(part_ml_ptr + part * 2, m, mask=g_mask)
+        tl.store(part_ml_ptr + part * 2 + 1, l_sum, mask=g_mask)
+
+
+@triton.jit
+def _merge_kernel(
+    out_ptr,  # [num_seqs, num_heads, head_dim]
+    part_acc_ptr,  # [num_seqs * num_heads, num_splits, head_dim] fp32
+    part_ml_ptr,  # [num_seqs * num_heads, num_splits, 2] fp32
+    num_heads,
+    stride_os,
+    stride_oh,
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    row = tl.program_id(0)  # seq * num_heads + head
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    s_mask = offs_s < NUM_SPLITS
+    base = row * NUM_SPLITS + offs_s
+    m = tl.load(part_ml_ptr + base * 2, mask=s_mask, other=float("-inf"))
+    l_sum = tl.load(part_ml_ptr + base * 2 + 1, mask=s_mask, other=0.0)
+    acc = tl.load(
+        part_acc_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], mask=s_mask[:, None], other=0.0
+    )
+    m_max = tl.max(m, 0)
+    w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)  # empty splits weigh nothing
+    out = tl.sum(acc * w[:, None], 0) / tl.sum(l_sum * w, 0)
+    seq, head = row // num_heads, row % num_heads
+    tl.store(
+        out_ptr + seq * stride_os + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty)
+    )
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def check_pool(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+) -> None:
+    """Shapes, dtypes and strides every paged attention kernel relies on."""
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError("k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]")
+    if not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise ValueError(f"dtypes differ: q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype}")
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"unsupported dtype {q.dtype}")
+    head_dim, num_kv_heads = k_cache.shape[3], k_cache.shape[2]
+    if q.shape[-1] != head_dim or head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim: q has {q.shape[-1]}, the cache {head_dim}; need a power of 2")
+    if q.shape[-2] % num_kv_heads:
+        raise ValueError(f"{q.shape[-2]} query heads are not a multiple of {num_kv_heads}")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name}: the head_dim axis must be contiguous")
+    if not 1 <= k_cache.shape[1] <= 256:
+        raise ValueError(f"block_size {k_cache.shape[1]} outside 1..256")
+    if block_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        raise ValueError("block_table and seq_lens must be int32")
+    if block_table.dim() != 2 or block_table.stride(1) != 1:
+        raise ValueError("block_table: [num_seqs, max_blocks_per_seq], rows contiguous")
+
+
+def paged_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Decode attention: q [num_seqs, num_heads, head_dim] -> out of the same shape.
+
+    Args:
+        max_seq_len: an upper bound of seq_lens (read from the GPU when None: a sync).
+        num_splits, block_n, num_warps, num_stages: override the launch heuristics.
+    """
+    check_pool(q, k_cache, v_cache, block_table, seq_lens)
+    num_seqs, num_heads, head_dim = q.shape
+    if seq_lens.shape != (num_seqs,) or block_table.shape[0] != num_seqs:
+        raise ValueError("block_table and seq_lens need one row per query")
+    out = torch.empty_like(q) if out is None else out
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError("out must match q's shape and dtype")
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    group = num_heads // num_kv_heads
+    max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
+    block_n = block_n or (32 if head_dim > 128 else 64)
+    if num_splits is None:  # enough programs for every SM, at least 4 tiles per split
+        programs = num_seqs * num_kv_heads
+        want = triton.cdiv(4 * _num_sms(q.device), programs)
+        num_splits = max(1, min(want, triton.cdiv(max_len, 4 * block_n), 64))
+    tokens_per_split = triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n
+    if num_splits > 1:
+        part_acc = torch.empty(
+            num_seqs * num_heads * num_splits * head_dim, device=q.device, dtype=torch.float32
+        )
+        part_ml = torch.empty(
+            num_seqs * num_heads * num_splits * 2, device=q.device, dtype=torch.float32
+        )
+        part_out = out if out.is_contiguous() else torch.empty_like(q)
+    else:
+        part_acc = part_ml = out
+        part_out = out
+    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
+        part_out, part_acc, part_ml, q, k_cache, v_cache, block_table, seq_lens,
+        scale * LOG2E,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_table.stride(0), part_out.stride(0), part_out.stride(1), num_heads,
+        tokens_per_split,
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+        num_warps=num_warps or 4, num_stages=num_stages or 2,
+    )  # fmt: skip
+    if num_splits > 1:
+        _merge_kernel[(num_seqs * num_heads,)](
+            part_out, part_acc, part_ml, num_heads, part_out.stride(0), part_out.stride(1),
+            HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
+            BLOCK_S=triton.next_power_of_2(num_splits),
+        )  # fmt: skip
+        if part_out is not out:
+            out.copy_(part_out)
+    return out

@@ -1,0 +1,1 @@
+"""Figure functions. They read result tables only, never the simulator."""

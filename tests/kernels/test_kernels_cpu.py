@@ -1,0 +1,77 @@
+"""Kernels against the float32 torch reference at tiny sizes, through Triton's interpreter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import reference
+from kernels.cache_ops import copy_blocks, write_kv
+from kernels.contiguous import contiguous_decode
+from kernels.paged_decode import paged_decode
+from kernels.paged_prefill import paged_prefill
+from tests.kernels.cases import make_pool, rel_err
+
+D = 32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("block_size", "kv_heads", "group"), [(1, 2, 1), (4, 2, 4), (16, 1, 8)])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_paged_decode(dtype, block_size, kv_heads, group, num_splits):
+    lens = [1, 17, 40]
+    k, v, table, seq_lens = make_pool(lens, block_size, kv_heads, D, dtype, "cpu")
+    q = torch.randn(len(lens), kv_heads * group, D).to(dtype)
+    out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
+    paged_decode(q, k, v, table, seq_lens, D**-0.5, out=out, num_splits=num_splits, block_n=16)
+    ref = reference.paged_decode(q, k, v, table, seq_lens, D**-0.5)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize(("block_size", "group"), [(4, 1), (16, 4)])
+def test_paged_prefill_plain_and_chunked(block_size, group):
+    ctx, q_lens = [20, 33, 9], [20, 7, 1]  # a prefill, a chunk after 26 cached tokens, a decode
+    k, v, table, seq_lens = make_pool(ctx, block_size, 2, D, torch.float32, "cpu")
+    q = torch.randn(sum(q_lens), 2 * group, D)
+    starts = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    out = torch.full_like(q, float("nan"))
+    paged_prefill(q, k, v, table, seq_lens, starts, D**-0.5, out=out, block_m=16, block_n=16)
+    ref = reference.paged_prefill(q, k, v, table, seq_lens, starts, D**-0.5)
+    assert not out.isnan().any() and rel_err(out, ref) < 1e-5
+
+
+def test_write_kv_and_copy_blocks():
+    k, v, _, _ = make_pool([8], 4, 2, D, torch.bfloat16, "cpu", num_blocks=6)
+    k2, v2 = k.clone(), v.clone()
+    key, value = torch.randn(5, 2, D).to(torch.bfloat16), torch.randn(5, 2, D).to(torch.bfloat16)
+    slots = torch.tensor([7, 0, -1, 21, 12], dtype=torch.int64)  # -1: padding, skipped
+    write_kv(key, value, k, v, slots)
+    reference.write_kv(key, value, k2, v2, slots)
+    assert torch.equal(k, k2) and torch.equal(v, v2)
+    pairs = torch.tensor([[1, 4], [5, 2]], dtype=torch.int64)
+    copy_blocks(k, v, pairs)
+    reference.copy_blocks(k2, v2, pairs)
+    assert torch.equal(k, k2) and torch.equal(v, v2)
+
+
+def test_contiguous_decode_names_its_backend():
+    q, k, v = torch.randn(3, 8, D), torch.randn(3, 2, 24, D), torch.randn(3, 2, 24, D)
+    out, backend = contiguous_decode(q, k, v, D**-0.5)
+    assert rel_err(out, reference.contiguous_decode(q, k, v, D**-0.5)) < 1e-5
+    assert backend.name in {"CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"}
+
+
+def test_wrappers_reject_bad_inputs():
+    k, v, table, lens = make_pool([5], 4, 2, D, torch.float32, "cpu")
+    q = torch.randn(1, 4, D)
+    with pytest.raises(ValueError, match="dtypes differ"):
+        paged_decode(q.half(), k, v, table, lens, 1.0)
+    with pytest.raises(ValueError, match="int32"):
+        paged_decode(q, k, v, table.long(), lens, 1.0)
+    with pytest.raises(ValueError, match="multiple"):
+        paged_decode(torch.randn(1, 3, D), k, v, table, lens, 1.0)
+    with pytest.raises(ValueError, match="slot_mapping"):
+        write_kv(
+            torch.randn(1, 2, D), torch.randn(1, 2, D), k, v, torch.zeros(1, dtype=torch.int32)
+        )
