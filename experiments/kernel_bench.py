@@ -113,14 +113,39 @@ def _paged_fn(q: torch.Tensor, pool: tuple, max_len: int, **cfg: int) -> Callabl
     return lambda: paged_decode(q, k, v, table, seq_lens, D**-0.5, max_seq_len=max_len, **cfg)
 
 
+TUNE_TILES = ((64, 4, 2), (64, 4, 3), (32, 4, 3), (128, 8, 2))  # block_n, warps, stages
+TUNE_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
+
+
+def _paged_rows(record: Callable, q: torch.Tensor, lens: list[int], bs: int, tune: bool) -> list:
+    """kvbench's paged decode at one block size (its defaults; with tune, a config sweep)."""
+    pool = paged_pool(lens, bs)
+    record("kvbench_paged_decode", "paged", bs, lambda: _paged_fn(q, pool, max(lens)))
+    for block_n, warps, stages in TUNE_TILES if tune else ():
+        for splits in TUNE_SPLITS:
+            if splits * block_n <= max(lens):
+                cfg = dict(block_n=block_n, num_warps=warps, num_stages=stages, num_splits=splits)
+                record(
+                    "kvbench_tune",
+                    "paged",
+                    bs,
+                    lambda c=cfg: _paged_fn(q, pool, max(lens), **c),
+                    **cfg,
+                )
+    return []
+
+
 def decode_rows(lens: list[int], shape: str, card: str, args: argparse.Namespace) -> list[dict]:
     rows = []
     nbytes = kv_bytes(lens)
     q = torch.randn(len(lens), HQ, D, device="cuda", dtype=DT)
 
-    def record(kernel: str, layout: str, bs: int | None, fn: Callable, **extra: object) -> None:
+    def record(
+        kernel: str, layout: str, bs: int | None, make: Callable[[], Callable], **extra: object
+    ) -> None:
+        """Time make()'s function; a peer that cannot be built or run here is reported."""
         try:
-            ms = bench(fn)
+            ms = bench(make())
             rows.append(
                 dict(
                     kernel=kernel,
@@ -142,7 +167,7 @@ def decode_rows(lens: list[int], shape: str, card: str, args: argparse.Namespace
                 f"{rows[-1]['tb_per_s']:6.3f} TB/s",
                 flush=True,
             )
-        except Exception as e:  # a peer that does not run here is reported, not fatal
+        except Exception as e:
             print(f"  {kernel:<28} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
             if os.environ.get("KVBENCH_DEBUG"):
                 traceback.print_exc()
@@ -159,20 +184,10 @@ def decode_rows(lens: list[int], shape: str, card: str, args: argparse.Namespace
             )
         del kc, vc
     for bs in BLOCK_SIZES:
-        pool = paged_pool(lens, bs)
-        record("kvbench_paged_decode", "paged", bs, _paged_fn(q, pool, max(lens)))
-        if args.tune and bs == 16:
-            for block_n in (32, 64, 128):
-                for warps in (4, 8):
-                    for stages in (2, 3, 4):
-                        cfg = dict(block_n=block_n, num_warps=warps, num_stages=stages)
-                        record(
-                            "kvbench_tune", "paged", bs, _paged_fn(q, pool, max(lens), **cfg), **cfg
-                        )
-        del pool
-    record("flashinfer_batch_decode", "paged", 16, flashinfer_fn(q, lens))
+        rows += _paged_rows(record, q, lens, bs, tune=args.tune and bs == 16)
+    record("flashinfer_batch_decode", "paged", 16, lambda: flashinfer_fn(q, lens))
     if args.flex and len(set(lens)) == 1:  # it faults on ragged batches (torch 2.11)
-        record("flex_paged_attention", "paged", 128, flex_paged_fn(q, lens))
+        record("flex_paged_attention", "paged", 128, lambda: flex_paged_fn(q, lens))
     torch.cuda.empty_cache()
     return rows
 
