@@ -117,7 +117,7 @@ TUNE_TILES = ((64, 4, 2), (64, 4, 3), (32, 4, 3), (128, 8, 2))  # block_n, warps
 TUNE_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
 
 
-def _paged_rows(record: Callable, q: torch.Tensor, lens: list[int], bs: int, tune: bool) -> list:
+def _paged_rows(record: Callable, q: torch.Tensor, lens: list[int], bs: int, tune: bool) -> None:
     """kvbench's paged decode at one block size (its defaults; with tune, a config sweep)."""
     pool = paged_pool(lens, bs)
     record("kvbench_paged_decode", "paged", bs, lambda: _paged_fn(q, pool, max(lens)))
@@ -132,7 +132,6 @@ def _paged_rows(record: Callable, q: torch.Tensor, lens: list[int], bs: int, tun
                     lambda c=cfg: _paged_fn(q, pool, max(lens), **c),
                     **cfg,
                 )
-    return []
 
 
 def decode_rows(lens: list[int], shape: str, card: str, args: argparse.Namespace) -> list[dict]:
@@ -184,7 +183,7 @@ def decode_rows(lens: list[int], shape: str, card: str, args: argparse.Namespace
             )
         del kc, vc
     for bs in BLOCK_SIZES:
-        rows += _paged_rows(record, q, lens, bs, tune=args.tune and bs == 16)
+        _paged_rows(record, q, lens, bs, tune=args.tune and bs == 16)
     record("flashinfer_batch_decode", "paged", 16, lambda: flashinfer_fn(q, lens))
     if args.flex and len(set(lens)) == 1:  # it faults on ragged batches (torch 2.11)
         record("flex_paged_attention", "paged", 128, lambda: flex_paged_fn(q, lens))
