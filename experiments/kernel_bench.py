@@ -179,7 +179,7 @@ def decode_rows(lens: list[int], shape: str, card: str, args: argparse.Namespace
                 f"sdpa_{backend.name.split('_')[0].lower()}",
                 "contiguous",
                 None,
-                lambda b=backend: sdpa_decode(q, kc, vc, D**-0.5, b),
+                lambda b=backend: lambda: sdpa_decode(q, kc, vc, D**-0.5, b),
             )
         del kc, vc
     for bs in BLOCK_SIZES:

@@ -184,6 +184,19 @@ def check_pool(
         raise ValueError("block_table: [num_seqs, max_blocks_per_seq], rows contiguous")
 
 
+def default_splits(programs: int, max_len: int, block_n: int, num_sms: int) -> int:
+    """Split-K count: fill the GPU when (sequence, KV head) programs are few, and cut very
+    long contexts into 8192-token pieces; each piece keeps at least two tiles.
+
+    Tuned on an H100 (results/reference/kernels_h100/NOTES.md): one split wherever there are
+    2 x SMs programs or more (the merge pass costs more than a short wave tail), else about
+    3 x SMs programs in all.
+    """
+    fill = 1 if programs >= 2 * num_sms else max(1, 3 * num_sms // programs)
+    longest = triton.cdiv(max_len, 8192)
+    return max(1, min(max(fill, longest), 64, triton.cdiv(max_len, 2 * block_n)))
+
+
 def paged_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -215,10 +228,8 @@ def paged_decode(
     group = num_heads // num_kv_heads
     max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
     block_n = block_n or (32 if head_dim > 128 else 64)
-    if num_splits is None:  # enough programs for every SM, at least 4 tiles per split
-        programs = num_seqs * num_kv_heads
-        want = triton.cdiv(4 * _num_sms(q.device), programs)
-        num_splits = max(1, min(want, triton.cdiv(max_len, 4 * block_n), 64))
+    if num_splits is None:
+        num_splits = default_splits(num_seqs * num_kv_heads, max_len, block_n, _num_sms(q.device))
     tokens_per_split = triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n
     if num_splits > 1:
         part_acc = torch.empty(
@@ -242,7 +253,7 @@ def paged_decode(
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
-        num_warps=num_warps or 4, num_stages=num_stages or 2,
+        num_warps=num_warps or 4, num_stages=num_stages or 3,
     )  # fmt: skip
     if num_splits > 1:
         _merge_kernel[(num_seqs * num_heads,)](
