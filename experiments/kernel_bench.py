@@ -110,7 +110,10 @@ def flashinfer_fn(q: torch.Tensor, lens: list[int], bs: int = 16) -> Callable:
 
 def _paged_fn(q: torch.Tensor, pool: tuple, max_len: int, **cfg: int) -> Callable:
     k, v, table, seq_lens = pool
-    return lambda: paged_decode(q, k, v, table, seq_lens, D**-0.5, max_seq_len=max_len, **cfg)
+    n = int(seq_lens.sum())
+    return lambda: paged_decode(
+        q, k, v, table, seq_lens, D**-0.5, max_seq_len=max_len, num_tokens=n, **cfg
+    )
 
 
 TUNE_TILES = ((64, 4, 2), (64, 4, 3), (32, 4, 3), (128, 8, 2))  # block_n, warps, stages

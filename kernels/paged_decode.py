@@ -184,17 +184,25 @@ def check_pool(
         raise ValueError("block_table: [num_seqs, max_blocks_per_seq], rows contiguous")
 
 
-def default_splits(programs: int, max_len: int, block_n: int, num_sms: int) -> int:
-    """Split-K count: fill the GPU when (sequence, KV head) programs are few, and cut very
-    long contexts into 8192-token pieces; each piece keeps at least two tiles.
+def default_splits(
+    programs: int, max_len: int, block_n: int, num_sms: int, mean_len: float | None = None
+) -> int:
+    """Split-K count, tuned on an H100 (results/reference/kernels_h100/NOTES.md).
 
-    Tuned on an H100 (results/reference/kernels_h100/NOTES.md): one split wherever there are
-    2 x SMs programs or more (the merge pass costs more than a short wave tail), else about
-    3 x SMs programs in all.
+    Equal lengths: one split wherever there are 2 x SMs (sequence, KV head) programs or more
+    (the merge pass costs more than a short wave tail), else about 3 x SMs programs in all.
+    Ragged batches (mean length under 0.8 x the longest, when the caller knows the mean): cut
+    every sequence into pieces of the length that makes about 6 x SMs programs, so the longest
+    sequence stops being the critical path. Very long contexts are cut into 8192-token pieces.
+    Each piece keeps at least two tiles.
     """
-    fill = 1 if programs >= 2 * num_sms else max(1, 3 * num_sms // programs)
-    longest = triton.cdiv(max_len, 8192)
-    return max(1, min(max(fill, longest), 64, triton.cdiv(max_len, 2 * block_n)))
+    if mean_len is not None and mean_len < 0.8 * max_len:
+        piece = max(mean_len * programs / (6 * num_sms), 2 * block_n)
+        want = triton.cdiv(max_len, int(piece))
+    else:
+        want = 1 if programs >= 2 * num_sms else max(1, 3 * num_sms // programs)
+    want = max(want, triton.cdiv(max_len, 8192))
+    return max(1, min(want, 64, triton.cdiv(max_len, 2 * block_n)))
 
 
 def paged_decode(
@@ -206,6 +214,7 @@ def paged_decode(
     scale: float,
     out: torch.Tensor | None = None,
     max_seq_len: int | None = None,
+    num_tokens: int | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
@@ -215,6 +224,7 @@ def paged_decode(
 
     Args:
         max_seq_len: an upper bound of seq_lens (read from the GPU when None: a sync).
+        num_tokens: sum of seq_lens, if the caller knows it: ragged batches split better.
         num_splits, block_n, num_warps, num_stages: override the launch heuristics.
     """
     check_pool(q, k_cache, v_cache, block_table, seq_lens)
@@ -229,7 +239,10 @@ def paged_decode(
     max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
     block_n = block_n or (32 if head_dim > 128 else 64)
     if num_splits is None:
-        num_splits = default_splits(num_seqs * num_kv_heads, max_len, block_n, _num_sms(q.device))
+        mean = num_tokens / num_seqs if num_tokens is not None else None
+        num_splits = default_splits(
+            num_seqs * num_kv_heads, max_len, block_n, _num_sms(q.device), mean
+        )
     tokens_per_split = triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n
     if num_splits > 1:
         part_acc = torch.empty(
