@@ -18,7 +18,8 @@ def kernel_bandwidth(table: pd.DataFrame, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     names = dec.kernel + dec.block_size.map(lambda b: "" if pd.isna(b) else f" (block {int(b)})")
     for name, g in dec.assign(name=names).groupby("name", sort=True):
-        g = g.assign(x=g.batch.astype(str) + " x " + g.seq_len.astype(int).astype(str))
+        g = g.sort_values(["seq_len", "batch"])
+        g = g.assign(x=g.batch.astype(int).astype(str) + " x " + g.seq_len.astype(int).astype(str))
         style = "-" if name.startswith("kvbench") else "--"
         ax.plot(g.x, g.tb_per_s, style, marker="o", ms=3, label=name)
     copy = table[table.kernel == "d2d_copy"].tb_per_s
