@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -79,6 +80,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     _check_drained(alloc)
     steps, reqs = result.steps.columns(), request_columns(result.finished)
     summary = {
+        "experiment": cfg.experiment_name,
         "allocator": _allocator_name(alloc),
         "block_size": alloc.block_size,
         "reservation": getattr(alloc, "reservation", None),
@@ -90,6 +92,8 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "kv_budget_gib": cfg.kv_budget_gib,
         "max_seq_len": cfg.max_seq_len,
         "seed": cfg.seed,
+        "n": workload.requests[0].n,
+        "beam_width": workload.requests[0].beam_width,
         "num_requests": len(workload.requests),
         "requests_finished": len(result.finished),
         "prompt_tokens": int(reqs["prompt_tokens"].sum()),
@@ -98,7 +102,9 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "capacity_slots": alloc.capacity,
         "budget_slots": num_slots,
         "num_preemptions": result.num_preemptions,
+        "request_rate": _offered_rate(workload),
         **summarize(steps, reqs),
+        "prefix_block_hit_rate": _block_hit_rate(reqs, alloc.block_size),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     results.write_parquet(out_dir / "steps.parquet", steps)
@@ -109,6 +115,21 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     summary["overrides"] = overrides
     results.write_json(out_dir / results.SUMMARY, summary)
     return summary
+
+
+def _offered_rate(workload: Workload) -> float | None:
+    """Requests per second between the first and the last arrival."""
+    span = workload.requests[-1].arrival_s - workload.requests[0].arrival_s
+    return (len(workload.requests) - 1) / span if span > 0 else None
+
+
+def _block_hit_rate(reqs: dict[str, np.ndarray], block_size: int) -> float:
+    """Share of prompt block references served from the prefix cache (a partial last block
+    counts as one reference, as a Mooncake hash id does). Exact when nothing was preempted:
+    a re-admission's hits count again, capped at the prompt."""
+    hits = np.minimum(reqs["cached_tokens"], reqs["prompt_tokens"]) // block_size
+    refs = -(-reqs["prompt_tokens"] // block_size)
+    return float(hits.sum() / refs.sum()) if refs.sum() else 0.0
 
 
 def _allocator_name(alloc: KVAllocator) -> str:
@@ -158,6 +179,11 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  saturated steps {s['num_saturated_steps']:,} of {s['num_steps']:,} "
         "(memory refused the head-of-line request)"
     )
+    if s["block_saving"]:
+        lines.append(
+            f"  sharing         {100 * s['block_saving']:.1f}% of blocks saved "
+            f"(n={s['n']}, beam width {s['beam_width']})"
+        )
     if s["prefix_hit_rate"]:
         lines.append(f"  prefix hits     {100 * s['prefix_hit_rate']:.1f}% of prompt tokens")
     return "\n".join(lines)
