@@ -1,0 +1,138 @@
+"""Each reproduction experiment at a reduced size: the properties that hold at any size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.report import PAPER
+from tests.experiments.test_cli import kvbench
+from workloads.stats import repeat_share
+from workloads.traces import read_rows
+
+SHARES = ["token_states", "reservation", "internal_frag", "external_frag", "free"]
+
+
+def summaries(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("summary.json"))]
+
+
+@pytest.fixture(scope="module")
+def fig2(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fig2")
+    r = kvbench(
+        "experiment=vllm_fig2",
+        "workload.num_requests=150",
+        "progress=false",
+        f"hydra.sweep.dir={root}",
+    )
+    assert "20.4" in r.stdout  # the paper's numbers are printed beside the measured ones
+    return root
+
+
+def test_fig2_ordering_shares_and_seven_requests(fig2):
+    by_system = {}
+    for s in summaries(fig2):
+        key = f"orca_{s['reservation']}" if s["allocator"] == "static" else s["allocator"]
+        by_system[key] = s
+        assert sum(s[f"share_{k}"] for k in SHARES) == pytest.approx(1.0)
+        assert sum(s[f"share_{k}_all_steps"] for k in SHARES) == pytest.approx(1.0)
+    order = ["orca_max", "orca_pow2", "orca_oracle", "paged"]
+    token = [by_system[k]["share_token_states"] for k in order]
+    assert token == sorted(token) and token[-1] >= 0.9
+    assert by_system["orca_max"]["capacity_slots"] == 15_729
+    assert by_system["orca_max"]["max_batch_size"] == 7
+    for run in fig2.iterdir():
+        if (run / "steps.parquet").exists():
+            steps = pd.read_parquet(run / "steps.parquet")
+            assert (sum(steps[k] for k in SHARES) == steps.capacity).all()
+
+
+def test_sharing_never_uses_more_blocks(tmp_path):
+    kvbench(
+        "experiment=sharing",
+        "workload.num_requests=40",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    runs = summaries(tmp_path)
+    assert {(s["n"], s["beam_width"]) for s in runs} == {
+        (2, 1),
+        (4, 1),
+        (6, 1),
+        (1, 2),
+        (1, 4),
+        (1, 6),
+    }
+    for s in runs:
+        assert 0 < s["block_saving"] < 1
+    for steps_file in tmp_path.rglob("steps.parquet"):
+        steps = pd.read_parquet(steps_file)
+        used = steps.capacity - steps.free - steps.external_frag
+        assert (used <= steps.logical_slots).all()
+
+
+def test_fig13_block_size_and_rate_sweeps_run_small(tmp_path):
+    kvbench(
+        "experiment=vllm_fig13",
+        "workload.num_requests=40",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path / 'fig13'}",
+    )
+    assert len(summaries(tmp_path / "fig13")) == 4
+    kvbench(
+        "sweep=block_size",
+        "allocator.block_size=8,64",
+        "workload.num_requests=40",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path / 'bs'}",
+    )
+    assert sorted(s["block_size"] for s in summaries(tmp_path / "bs")) == [8, 8, 64, 64]
+    kvbench(
+        "sweep=request_rate",
+        "workload.arrival.rate=1,4",
+        "workload.num_requests=40",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path / 'rate'}",
+    )
+    assert len(summaries(tmp_path / "rate")) == 8
+
+
+def test_mooncake_prefix_small(tmp_path, need_trace):
+    need_trace("mooncake_synth")
+    kvbench(
+        "experiment=mooncake_prefix",
+        "workload=mooncake_synth",
+        "kv_budget_gib=null",
+        "allocator.block_size=512",
+        "workload.max_requests=300",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    (s,) = summaries(tmp_path)
+    want = repeat_share(read_rows("mooncake_synth")[1].hash_ids[:300])
+    assert s["workload"] == "mooncake_synth" and s["num_preemptions"] == 0
+    assert s["prefix_block_hit_rate"] == pytest.approx(want, abs=0.01)
+
+
+def test_report_and_plot_write_files(fig2):
+    report = ["-c", "from experiments.report import main; main()", str(fig2)]
+    subprocess.run([sys.executable, *report], check=True, capture_output=True)
+    table = pd.read_csv(fig2 / "report.csv")
+    assert set(table.system) >= set(PAPER["vllm_fig2"])
+    assert table.paper.notna().sum() == sum(len(v) for v in PAPER["vllm_fig2"].values())
+    assert "| orca_max |" in (fig2 / "report.md").read_text()
+    assert "(57.3)" in (fig2 / "report.md").read_text()
+    out = subprocess.run(
+        [sys.executable, "-c", "from plots.cli import main; main()", str(fig2)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert any(p.endswith("fig2_memory_shares.png") for p in out)
+    assert all(Path(p).stat().st_size > 1000 for p in out)
