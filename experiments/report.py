@@ -165,8 +165,8 @@ def markdown(table: pd.DataFrame) -> str:
         out += [
             f"### {exp}",
             "",
-            "| system | run | " + " | ".join(metrics) + " |",
-            "|---|---|" + "---:|" * len(metrics),
+            "| system | workload | block | KV GiB | rate /s | run | " + " | ".join(metrics) + " |",
+            "|---|---|---:|---:|---:|---|" + "---:|" * len(metrics),
         ]
         for (system, run), r in _ordered(g).groupby(["system", "run"], sort=False):
             cells = []
@@ -177,14 +177,24 @@ def markdown(table: pd.DataFrame) -> str:
                     continue
                 v, p = hit.value.iloc[0], hit.paper.iloc[0]
                 cells.append(f"{v:.1f}" + ("" if pd.isna(p) else f" ({p:.1f})"))
-            out.append(f"| {system} | {run} | " + " | ".join(cells) + " |")
+            first = r.iloc[0]
+            budget = "unlimited" if pd.isna(first.kv_budget_gib) else f"{first.kv_budget_gib:g}"
+            rate = "-" if pd.isna(first.request_rate) else f"{first.request_rate:.2f}"
+            out.append(
+                f"| {system} | {first.workload} | {first.block_size} | {budget} | {rate} | "
+                f"{run} | " + " | ".join(cells) + " |"
+            )
         out.append("")
     return "\n".join(out)
 
 
 def _ordered(g: pd.DataFrame) -> pd.DataFrame:
+    """Systems in the paper's order, then runs in job order (numerically where numbered)."""
     rank = {s: i for i, s in enumerate(SYSTEM_ORDER)}
-    return g.assign(_r=g.system.map(lambda s: rank.get(s, 99))).sort_values(["_r", "run"])
+    num = pd.to_numeric(g.run.str.rsplit("/", n=1).str[-1], errors="coerce")
+    return g.assign(_r=g.system.map(lambda s: rank.get(s, 99)), _n=num).sort_values(
+        ["_r", "workload", "_n", "run"]
+    )
 
 
 def write_report(root: Path) -> pd.DataFrame:

@@ -144,7 +144,7 @@ def latency_vs_rate(table: pd.DataFrame, stem: Path) -> list[Path]:
 def hit_rate(table: pd.DataFrame, stem: Path) -> list[Path]:
     """Prefix-cache hit rate (block references) against KV budget and block size."""
     w = _wide(table, "mooncake_prefix")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 2.6), sharey=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.4, 2.8), sharey=True)
     big = w.kv_budget_gib.max(skipna=True) * 4 if w.kv_budget_gib.notna().any() else 1.0
     for (wl, bs), g in w.groupby(["workload", "block_size"]):
         g = g.assign(budget=g.kv_budget_gib.fillna(big)).sort_values("budget")
@@ -160,11 +160,11 @@ def hit_rate(table: pd.DataFrame, stem: Path) -> list[Path]:
     for wl, g in unlimited.groupby("workload"):
         right.plot(g.block_size, g.prefix_block_hit_rate, marker="o", ms=3, label=wl)
     left.set_xscale("log", base=2)
-    left.set_xlabel("KV budget (GiB of Llama-3-70B KV; right end: unlimited)")
+    left.set_xlabel("KV budget (GiB at 320 KiB/token)\nrightmost point: unlimited")
     left.set_ylabel("block references hit (%)")
     right.set_xscale("log", base=2)
-    right.set_xlabel("block size (tokens), unlimited memory")
-    left.legend(fontsize=6)
-    right.legend(fontsize=7)
+    right.set_xlabel("block size (tokens)\nunlimited memory")
+    left.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2)
+    right.legend(fontsize=7, loc="lower left")
     fig.suptitle("Prefix caching on the Mooncake traces", y=1.02)
     return save(fig, stem)
