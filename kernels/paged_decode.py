@@ -23,6 +23,32 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def load_kv_tile(
+    k_head,  # k_cache_ptr + kv_head * stride_kh + offs_d[None, :]
+    v_head,  # v_cache_ptr + kv_head * stride_vh + offs_d[None, :]
+    bt_row,  # block_table_ptr + seq * stride_bt
+    toks,  # [BLOCK_N] token positions in the sequence
+    n_mask,  # [BLOCK_N] positions to load
+    stride_kb,
+    stride_kt,
+    stride_vb,
+    stride_vt,
+    BLOCK_SIZE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """K and V rows [BLOCK_N, HEAD_DIM] of the given tokens, found through the block table."""
+    block = tl.load(bt_row + toks // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+    row = (toks % BLOCK_SIZE)[:, None]  # [BLOCK_N, 1]
+    kv_mask = n_mask[:, None]
+    k = tl.load(k_head + block[:, None] * stride_kb + row * stride_kt, mask=kv_mask, other=0.0)
+    v = tl.load(v_head + block[:, None] * stride_vb + row * stride_vt, mask=kv_mask, other=0.0)
+    if UPCAST:  # the CPU interpreter computes low-precision dots wrongly
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return k, v
+
+
+@triton.jit
 def _decode_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
     part_acc_ptr,  # [num_seqs, num_heads, num_splits, head_dim] fp32 (num_splits > 1)
@@ -83,14 +109,8 @@ def _decode_kernel(
     for tile in tl.range(start, end, BLOCK_N):
         toks = tile + offs_n
         n_mask = toks < end
-        block = tl.load(bt_row + toks // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        row = (toks % BLOCK_SIZE)[:, None]  # [BLOCK_N, 1]
-        kv_mask = n_mask[:, None]
-        k = tl.load(k_head + block[:, None] * stride_kb + row * stride_kt, mask=kv_mask, other=0.0)
-        v = tl.load(v_head + block[:, None] * stride_vb + row * stride_vt, mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = load_kv_tile(k_head, v_head, bt_row, toks, n_mask, stride_kb, stride_kt,
+                            stride_vb, stride_vt, BLOCK_SIZE, UPCAST)  # fmt: skip
         s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))

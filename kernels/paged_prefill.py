@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_decode import LOG2E, check_pool
+from kernels.paged_decode import LOG2E, check_pool, load_kv_tile
 
 
 @triton.jit
@@ -83,14 +83,8 @@ def _prefill_kernel(
     for tile in tl.range(0, hi, BLOCK_N):
         toks = tile + offs_n
         n_mask = toks < hi
-        block = tl.load(bt_row + toks // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        row = (toks % BLOCK_SIZE)[:, None]
-        kv_mask = n_mask[:, None]
-        k = tl.load(k_head + block[:, None] * stride_kb + row * stride_kt, mask=kv_mask, other=0.0)
-        v = tl.load(v_head + block[:, None] * stride_vb + row * stride_vt, mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = load_kv_tile(k_head, v_head, bt_row, toks, n_mask, stride_kb, stride_kt,
+                            stride_vb, stride_vt, BLOCK_SIZE, UPCAST)  # fmt: skip
         s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N]
         keep = n_mask[None, :] & (toks[None, :] <= q_pos[:, None])
         s = tl.where(keep, s, float("-inf"))
