@@ -117,6 +117,16 @@ class KVAllocator(Protocol):
         """
         ...
 
+    def decode_steps(self, seqs: Sequence[SeqLike], num_steps: int) -> list[MemoryUsage] | None:
+        """`num_steps` decode steps of all of seqs at once: the usage after each step.
+
+        The same as calling `decode(seqs)` then `usage()` num_steps times, blocks handed out
+        in the same order. Returns None and changes nothing when that might not all fit
+        (too few free blocks, a sequence within num_steps of its final length, or a shared
+        partial block that would need copying): the caller then steps one at a time.
+        """
+        ...
+
     def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
         """Give `child` the parent's tokens (shared where the allocator can share)."""
         ...

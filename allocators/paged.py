@@ -62,9 +62,13 @@ class PagedAllocator:
     def num_free_blocks(self) -> int:
         return len(self._free)  # type: ignore[arg-type]
 
-    # --- the free queue; the prefix allocator overrides these two --------------------------
+    # --- the free queue; the prefix allocator overrides these three ------------------------
     def _pop_free(self) -> int:
         return self._free.popleft()  # type: ignore[attr-defined, no-any-return]
+
+    def _pop_many(self, n: int) -> list[int]:
+        popleft = self._free.popleft  # type: ignore[attr-defined]
+        return [popleft() for _ in range(n)]
 
     def _release(self, freed: list[int]) -> None:
         self._free.extend(freed)  # type: ignore[attr-defined]
@@ -79,8 +83,7 @@ class PagedAllocator:
         return max(0, min(st.room, st.final_len) - st.num_tokens)
 
     def _take(self, n: int) -> list[int]:
-        pop = self._pop_free
-        ids = [pop() for _ in range(n)]
+        ids = self._pop_many(n)
         ref = self._ref
         for b in ids:
             ref[b] = 1
@@ -156,6 +159,51 @@ class PagedAllocator:
             slow += 1
         self._count_fast(fast)
         return len(seqs)
+
+    def decode_steps(self, seqs: Sequence[SeqLike], num_steps: int) -> list[MemoryUsage] | None:
+        bs, k, ref = self.block_size, num_steps, self._ref
+        states = [self._seqs[s.seq_id] for s in seqs]
+        crossings = []  # (step, position in seqs): that step writes into a new block
+        for j, st in enumerate(states):
+            n = st.num_tokens
+            if n + k > st.final_len or (n < st.room and ref[st.table[-1]] > 1):
+                return None
+            crossings += [(t, j) for t in range(st.room - n + 1, k + 1, bs)]
+        if len(crossings) > self.num_free_blocks:
+            return None
+        crossings.sort()  # per step, in sequence order: the order decode() takes blocks in
+        new_blocks = [0] * (k + 1)  # blocks taken at each step
+        new_room = [0] * (k + 1)  # slots those blocks add below the final lengths
+        for t, j in crossings:
+            st = states[j]
+            b = self._pop_free()
+            ref[b] = 1
+            new_room[t] += min(bs, st.final_len - st.room)
+            st.table.append(b)
+            st.room += bs
+            new_blocks[t] += 1
+        usages = []
+        cap, num_seqs = self.num_blocks * bs, len(states)
+        used, reserved = (
+            (self.num_blocks - self.num_free_blocks - len(crossings)) * bs,
+            self._reserved,
+        )
+        tokens, logical, logical_blocks = self._tokens, self._logical, self._logical_blocks
+        for t in range(1, k + 1):
+            used += new_blocks[t] * bs
+            tokens += num_seqs
+            logical += num_seqs
+            reserved += new_room[t] - num_seqs
+            logical_blocks += new_blocks[t]
+            usages.append(_new(MemoryUsage, (
+                cap, tokens, reserved, used - tokens - reserved, 0, cap - used, logical,
+                logical_blocks * bs)))  # fmt: skip
+        self._tokens, self._logical, self._reserved = tokens, logical, reserved
+        self._logical_blocks = logical_blocks
+        for seq, st in zip(seqs, states):
+            st.num_tokens += k
+            self._register(seq, st)
+        return usages
 
     def _count_fast(self, n: int) -> None:
         """n tokens went into exclusively held last blocks, each within its final length."""

@@ -43,6 +43,9 @@ class PrefixAllocator(PagedAllocator):
                 del self._cached[meta[0]]
         return b
 
+    def _pop_many(self, n: int) -> list[int]:
+        return [self._pop_free() for _ in range(n)]
+
     def _release(self, freed: list[int]) -> None:
         for b in freed:
             self._free[b] = None

@@ -121,6 +121,24 @@ class StaticAllocator:
         self._tokens += len(seqs) - start
         return len(seqs)
 
+    def decode_steps(self, seqs: Sequence[SeqLike], num_steps: int) -> list[MemoryUsage] | None:
+        ranges = [self._seqs[s.seq_id] for s in seqs]
+        if any(r.num_tokens + num_steps > r.size for r in ranges):
+            return None
+        before = self.usage()
+        for r in ranges:
+            r.num_tokens += num_steps
+        self._tokens += num_steps * len(ranges)
+        grow = len(ranges)
+        return [
+            before._replace(
+                token_states=before.token_states + t * grow,
+                reservation=before.reservation - t * grow,
+                logical_tokens=before.logical_tokens + t * grow,
+            )
+            for t in range(1, num_steps + 1)
+        ]
+
     def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
         parent = self._seqs[parent_id]
         r = self._place(child, parent.num_tokens)

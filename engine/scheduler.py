@@ -21,6 +21,7 @@ recomputes its own prompt and outputs (sharing returns only through the prefix c
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from workloads.request import Request
 StepTime = Callable[[int, int, int, float, int], float]
 # prefill tokens, cached tokens, query-key pairs, logical tokens, memory-limited, admitted
 _NO_ADMISSION: tuple = (0, 0, 0.0, 0, False, ())
+MAX_STRETCH = 4096  # steps one decode_steps call may cover
 
 
 @dataclass
@@ -68,7 +70,14 @@ class Engine:
         limits: EngineLimits | None = None,
         seed: int = 0,
         on_finish: Callable[[int], None] | None = None,
+        multi_step: bool = True,
     ) -> None:
+        """
+        Args:
+            multi_step: run stretches of decode-only steps (no arrival, admission, finish or
+                beam pruning) through one `decode_steps` call; the step log is the same.
+        """
+        self.multi_step = multi_step
         self.alloc = allocator
         self.step_time = step_time
         self.limits = limits or EngineLimits()
@@ -133,6 +142,7 @@ class Engine:
         self._seqs: list[Seq] = []  # their sequences, in the same order
         self._beams: list[Group] = []
         self._finish_at: dict[int, list[Group]] = {}
+        self._finish_heap: list[int] = []  # the keys of _finish_at, for the earliest
         self._result = EngineResult(StepLog())
         # NOTE: the loop body is the simulator's hot path (one pass per step); the rare
         # events - arrivals, admissions, preemptions, finishes - live in the methods below.
@@ -148,6 +158,13 @@ class Engine:
             if clock >= next_arrival:
                 next_arrival = self._arrive(clock)
             seqs = self._seqs
+            if self.multi_step and seqs and not waiting and not self._beams:
+                done, clock = self._stretch(step, clock, next_arrival)
+                if done:
+                    step += done
+                    if step - 1 in finish_at:
+                        self._finish(step - 1, clock)
+                    continue
             preempted = 0
             if seqs:  # 1. decode growth
                 i = decode(seqs)
@@ -184,6 +201,35 @@ class Engine:
                 self._prune_beams(step)
             step += 1
         return self._result
+
+    def _stretch(self, step: int, clock: float, next_arrival: float) -> tuple[int, float]:
+        """Run the quiet steps from `step` on in one allocator call: decode only, up to the
+        next finish (included) and before the next arrival. Returns (steps run, clock)."""
+        heap, finish_at = self._finish_heap, self._finish_at
+        while heap and heap[0] not in finish_at:
+            heapq.heappop(heap)  # finished already
+        k_max = min(heap[0] - step + 1 if heap else MAX_STRETCH, MAX_STRETCH)
+        if k_max < 2 or clock >= next_arrival:
+            return 0, clock
+        seqs = self._seqs
+        num = len(seqs)
+        logical = self.alloc.usage().logical_tokens
+        durations = []
+        end = clock
+        while len(durations) < k_max and end < next_arrival:
+            logical += num
+            durations.append(self.step_time(0, num, logical, 0.0, 0))
+            end += durations[-1]
+        if len(durations) < 2:
+            return 0, clock
+        usages = self.alloc.decode_steps(seqs, len(durations))
+        if usages is None:
+            return 0, clock
+        log_row, num_running = self._result.steps.rows.append, len(self._running)
+        for dt, u in zip(durations, usages):
+            log_row((clock, dt, num_running, num, 0, 0, num, False, 0, *u))
+            clock += dt
+        return len(durations), clock
 
     def _arrive(self, clock: float) -> float:
         """Queue the requests that arrived by `clock`; returns the next arrival time."""
@@ -234,6 +280,8 @@ class Engine:
             admitted_logical += n * len(g.seqs)
             g.base = step
             g.finish_step = step + g.req.output_len - g.num_out - 1
+            if g.finish_step not in self._finish_at:
+                heapq.heappush(self._finish_heap, g.finish_step)
             self._finish_at.setdefault(g.finish_step, []).append(g)
             self._running.append(g)
             seqs.extend(g.seqs)

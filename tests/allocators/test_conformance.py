@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
 from allocators.base import KVAllocator, MemoryUsage
@@ -160,3 +162,51 @@ def test_paged_copy_on_write_of_shared_partial_block():
     out = a.allocate(kid, 1)  # the child now owns block 2 alone: write in place
     assert out.copies == () and a.block_table(2) == [1, 2]
     a.check_invariants()
+
+
+@given(
+    lens=st.lists(
+        st.tuples(st.integers(1, 40), st.integers(2, 60), st.sampled_from([0, 16])),
+        min_size=1,
+        max_size=6,
+    ),
+    forks=st.integers(0, 2),
+    steps=st.integers(1, 30),
+    blocks=st.integers(8, 60),
+)
+@settings(max_examples=150, deadline=None)
+@pytest.mark.parametrize("kind", ["paged", "prefix", "static"])
+def test_decode_steps_equals_stepping_one_at_a_time(kind, lens, forks, steps, blocks):
+    """Same usage after each step and the same block tables, or None and no change."""
+
+    def build():
+        a = (
+            StaticAllocator(blocks * 8, 128, "oracle", "first_fit")
+            if kind == "static"
+            else (PagedAllocator if kind == "paged" else PrefixAllocator)(blocks, 4)
+        )
+        seqs = []
+        for i, (p, o, shared) in enumerate(lens):
+            s = seq(i, p, o, shared_prefix=shared)
+            if a.allocate(s, p) is not None:
+                seqs.append(s)
+        for f in range(min(forks, len(seqs))):
+            c = child(seqs[f], 100 + f, a.num_tokens(seqs[f].seq_id), output_len=10)
+            if a.fork(seqs[f].seq_id, c) is not None:
+                seqs.append(c)
+        return a, seqs
+
+    bulk, seqs = build()
+    before = snapshot(bulk, [s.seq_id for s in seqs])
+    usages = bulk.decode_steps(seqs, steps)
+    bulk.check_invariants()
+    if usages is None:
+        assert snapshot(bulk, [s.seq_id for s in seqs]) == before
+        return
+    single, seqs2 = build()
+    expected = []
+    for _ in range(steps):
+        assert single.decode(seqs2) == len(seqs2)
+        expected.append(single.usage())
+    assert usages == expected
+    assert snapshot(bulk, [s.seq_id for s in seqs]) == snapshot(single, [s.seq_id for s in seqs2])
