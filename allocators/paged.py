@@ -40,6 +40,8 @@ class _Seq:
 
 
 class PagedAllocator:
+    hashes_blocks = False  # whether _register does anything (prefix caching)
+
     def __init__(self, num_blocks: int, block_size: int) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
@@ -168,7 +170,8 @@ class PagedAllocator:
             n = st.num_tokens
             if n + k > st.final_len or (n < st.room and ref[st.table[-1]] > 1):
                 return None
-            crossings += [(t, j) for t in range(st.room - n + 1, k + 1, bs)]
+            if st.room - n < k:
+                crossings += [(t, j) for t in range(st.room - n + 1, k + 1, bs)]
         if len(crossings) > self.num_free_blocks:
             return None
         crossings.sort()  # per step, in sequence order: the order decode() takes blocks in
@@ -200,9 +203,11 @@ class PagedAllocator:
                 logical_blocks * bs)))  # fmt: skip
         self._tokens, self._logical, self._reserved = tokens, logical, reserved
         self._logical_blocks = logical_blocks
-        for seq, st in zip(seqs, states):
+        for st in states:
             st.num_tokens += k
-            self._register(seq, st)
+        if self.hashes_blocks:
+            for seq, st in zip(seqs, states):
+                self._register(seq, st)
         return usages
 
     def _count_fast(self, n: int) -> None:

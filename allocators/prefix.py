@@ -27,6 +27,8 @@ _ROOT = 0  # parent hash of the first block
 
 
 class PrefixAllocator(PagedAllocator):
+    hashes_blocks = True
+
     def __init__(self, num_blocks: int, block_size: int) -> None:
         super().__init__(num_blocks, block_size)
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks + 1))
