@@ -149,7 +149,7 @@ class Engine:
         pending, waiting, running = self._pending, self._waiting, self._running
         decode, usage, step_time = self.alloc.decode, self.alloc.usage, self.step_time
         finish_at, log = self._finish_at, self._result.steps
-        log_row = log.rows.append
+        log_row = log.values.extend
         clock, step = 0.0, 0
         next_arrival = pending[0].arrival_s if pending else float("inf")
         while pending or waiting or running:
@@ -225,7 +225,7 @@ class Engine:
         usages = self.alloc.decode_steps(seqs, len(durations))
         if usages is None:
             return 0, clock
-        log_row, num_running = self._result.steps.rows.append, len(self._running)
+        log_row, num_running = self._result.steps.values.extend, len(self._running)
         for dt, u in zip(durations, usages):
             log_row((clock, dt, num_running, num, 0, 0, num, False, 0, *u))
             clock += dt

