@@ -68,7 +68,9 @@ def end_to_end(repeat: int) -> list[float]:
     for _ in range(repeat):
         subprocess.run(["rm", "-rf", "results/bench_sim"], check=True)
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode:
+            raise SystemExit(f"kvbench failed: {run.stderr.strip()}")
         times.append(time.perf_counter() - t)
     return times
 
