@@ -13,10 +13,12 @@ Each step:
 
 Parallel sampling forks n - 1 sequences from the prefilled prompt. Beam search keeps
 `beam_width` beams; after every step each beam's parent is drawn uniformly at random (seeded)
-from the current beams, beams nobody drew are freed and beams drawn several times fork - a
-random stand-in for score-based pruning that keeps shared prefixes as long as real beams do on
-average (see docs in README). A preempted group is resumed sequence by sequence: each one
-recomputes its own prompt and outputs (sharing returns only through the prefix cache).
+from the current beams, beams nobody drew are freed and beams drawn several times fork: a
+random stand-in for score-based pruning, which keeps beams closer together than real scores do
+(see the README). A fork the allocator refuses (static allocators copy) leaves the group with
+fewer beams and is counted in `num_forks_refused`. A preempted group is resumed sequence by
+sequence: each one recomputes its own prompt and outputs (sharing returns only through the
+prefix cache).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from engine.metrics import StepLog
 from engine.sequence import Group, Seq
 from workloads.errors import KvbenchError
 from workloads.request import Request
+from workloads.tokens import GENERATED
 
 StepTime = Callable[[int, int, int, float, int], float]
 # prefill tokens, cached tokens, query-key pairs, logical tokens, memory-limited, admitted
@@ -94,7 +97,8 @@ class Engine:
     def _fork(self, parent: Seq, at: int) -> Seq | None:
         self._next_seq_id += 1
         sid = self._next_seq_id
-        child = Seq(sid, parent.prompt_len, parent.final_len, parent.tokens.fork(at, (4, sid)))
+        tokens = parent.tokens.fork(at, (GENERATED, sid))
+        child = Seq(sid, parent.prompt_len, parent.final_len, tokens)
         return child if self.alloc.fork(parent.seq_id, child) is not None else None
 
     def _admit(self, g: Group) -> bool:
@@ -325,7 +329,9 @@ class Engine:
         for s, c in zip(keep, counts[counts > 0]):
             for _ in range(c - 1):
                 child = self._fork(s, stored)
-                if child is not None:
+                if child is None:
+                    self._result.num_forks_refused += 1
+                else:
                     new.append(child)
         g.seqs = new
 

@@ -102,6 +102,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "capacity_slots": alloc.capacity,
         "budget_slots": num_slots,
         "num_preemptions": result.num_preemptions,
+        "num_forks_refused": result.num_forks_refused,
         "request_rate": _offered_rate(workload),
         **summarize(steps, reqs),
         "prefix_block_hit_rate": _block_hit_rate(reqs, alloc.block_size),
