@@ -63,9 +63,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     workload = build_workload(cfg)
     spec = model_spec(cfg.model.name)
     num_slots = capacity_slots(cfg, workload)
-    alloc: KVAllocator = instantiate(
-        cfg.allocator, num_slots=num_slots, max_seq_len=cfg.max_seq_len
-    )
+    alloc: KVAllocator = build(cfg.allocator, num_slots=num_slots, max_seq_len=cfg.max_seq_len)
     cost = RooflineCost(spec, build(cfg.gpu))
     limits = EngineLimits(**cfg.engine)
     with tqdm(

@@ -99,3 +99,10 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
     r = kvbench("allocator=nope", check=False)
     assert r.returncode != 0 and "Traceback" not in r.stderr
+    for bad, message in (
+        ("allocator.block_size=0", "block_size must be >= 1"),
+        ("kv_budget_gib=-1", "kv_budget_gib must be > 0"),
+        ("engine.max_num_seqs=0", "max_num_seqs must be >= 1"),
+    ):
+        r = kvbench(bad, "progress=false", f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr
