@@ -115,16 +115,18 @@ def paged_prefill(
     scale: float,
     out: torch.Tensor | None = None,
     max_query_len: int | None = None,
-    block_m: int = 64,
-    block_n: int = 64,
-    num_warps: int = 4,
-    num_stages: int = 2,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Causal prefill attention: q [total_query_tokens, num_heads, head_dim] -> out.
 
     Args:
         query_start: int32 [num_seqs + 1], offsets of each sequence's queries in q.
         max_query_len: the longest query run (read from the GPU when None: a sync).
+        block_m, block_n, num_warps, num_stages: override the tile defaults (tuned on an
+            H100 for head_dim 128: 128 x 128 tiles, 8 warps, 3 stages; smaller past 128).
     """
     check_pool(q, k_cache, v_cache, block_table, seq_lens)
     num_seqs = seq_lens.shape[0]
@@ -136,6 +138,11 @@ def paged_prefill(
     if max_query_len is None:
         max_query_len = int((query_start[1:] - query_start[:-1]).max())
     num_heads, head_dim = q.shape[1], q.shape[2]
+    big = head_dim <= 128  # 128 x 128 tiles of head_dim 256 overflow shared memory
+    block_m = block_m or (128 if big else 64)
+    block_n = block_n or (128 if big else 32)
+    num_warps = num_warps or (8 if big else 4)
+    num_stages = num_stages or (3 if big else 2)
     grid = (num_seqs, num_heads, triton.cdiv(max_query_len, block_m))
     _prefill_kernel[grid](
         out, q, k_cache, v_cache, block_table, seq_lens, query_start, scale * LOG2E,

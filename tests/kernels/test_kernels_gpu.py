@@ -58,17 +58,17 @@ def test_decode_pool_beyond_int32_offsets():
     )
 
 
-@pytest.mark.parametrize("block_size", [16, 128])
-def test_prefill_plain_and_chunked(block_size):
+@pytest.mark.parametrize(("block_size", "head_dim"), [(16, 128), (128, 128), (16, 256), (32, 64)])
+def test_prefill_plain_and_chunked(block_size, head_dim):
     ctx, q_lens = [2048, 1500, 700, 64], [2048, 300, 700, 1]
-    k, v, table, seq_lens = make_pool(ctx, block_size, 8, 128, torch.bfloat16, "cuda")
-    q = torch.randn(sum(q_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
+    k, v, table, seq_lens = make_pool(ctx, block_size, 8, head_dim, torch.bfloat16, "cuda")
+    q = torch.randn(sum(q_lens), 32, head_dim, device="cuda", dtype=torch.bfloat16)
     starts = torch.tensor(
         [0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda"
     )
     out = torch.full_like(q, float("nan"))
-    paged_prefill(q, k, v, table, seq_lens, starts, 128**-0.5, out=out)
-    ref = reference.paged_prefill(q, k, v, table, seq_lens, starts, 128**-0.5)
+    paged_prefill(q, k, v, table, seq_lens, starts, head_dim**-0.5, out=out)
+    ref = reference.paged_prefill(q, k, v, table, seq_lens, starts, head_dim**-0.5)
     assert not out.isnan().any() and rel_err(out, ref) < 1e-2
 
 
