@@ -204,6 +204,15 @@ def check_pool(
         raise ValueError("block_table: [num_seqs, max_blocks_per_seq], rows contiguous")
 
 
+def output_for(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """`out`, checked against q, or a new tensor like q."""
+    if out is None:
+        return torch.empty_like(q)
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError("out must match q's shape and dtype")
+    return out
+
+
 def default_splits(
     programs: int, max_len: int, block_n: int, num_sms: int, mean_len: float | None = None
 ) -> int:
@@ -251,9 +260,7 @@ def paged_decode(
     num_seqs, num_heads, head_dim = q.shape
     if seq_lens.shape != (num_seqs,) or block_table.shape[0] != num_seqs:
         raise ValueError("block_table and seq_lens need one row per query")
-    out = torch.empty_like(q) if out is None else out
-    if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError("out must match q's shape and dtype")
+    out = output_for(q, out)
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     group = num_heads // num_kv_heads
     max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len

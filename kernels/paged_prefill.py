@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_decode import LOG2E, check_pool, load_kv_tile
+from kernels.paged_decode import LOG2E, check_pool, load_kv_tile, output_for
 
 
 @triton.jit
@@ -132,9 +132,7 @@ def paged_prefill(
     num_seqs = seq_lens.shape[0]
     if query_start.dtype != torch.int32 or query_start.shape != (num_seqs + 1,):
         raise ValueError("query_start must be int32 [num_seqs + 1]")
-    out = torch.empty_like(q) if out is None else out
-    if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError("out must match q's shape and dtype")
+    out = output_for(q, out)
     if max_query_len is None:
         max_query_len = int((query_start[1:] - query_start[:-1]).max())
     num_heads, head_dim = q.shape[1], q.shape[2]
