@@ -17,7 +17,7 @@ Invariant: the five add up to C after every operation.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -61,6 +61,41 @@ class Allocation:
     """Leading prompt tokens whose KV was found in the prefix cache (0 without sharing)."""
     copies: tuple[tuple[int, int, int], ...] = ()
     """(src_block, dst_block, num_blocks) runs the backend must copy (copy-on-write, fork)."""
+    swapped_in: tuple[tuple[int, int, int], ...] = ()
+    """`swap_in` only: (host_block, device_block, num_blocks) runs to copy back from host
+    memory, before `copies` and before the sequences' new tokens are written."""
+
+
+Run = tuple[int, int, int]
+"""(src, dst, num_blocks): blocks src..src+n-1 go to dst..dst+n-1."""
+
+
+def runs(pairs: Iterable[tuple[int, int]]) -> tuple[Run, ...]:
+    """(src, dst) block pairs as runs; consecutive pairs that continue a run join it."""
+    out: list[Run] = []
+    for src, dst in pairs:
+        if out and (last := out[-1])[0] + last[2] == src and last[1] + last[2] == dst:
+            out[-1] = (last[0], last[1], last[2] + 1)
+        else:
+            out.append((src, dst, 1))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Swapped:
+    """A group of sequences moved to host memory by `swap_out`: the copy plan and the tables.
+
+    Host blocks are numbered 0..num_host_blocks-1 within the record (the engine places the
+    record in its own host space). A device block several sequences of the group shared is
+    copied once, and their host tables share its host block, so `swap_in` restores the same
+    sharing.
+    """
+
+    runs: tuple[Run, ...]
+    """(device_block, host_block, num_blocks) runs to copy to host memory."""
+    num_host_blocks: int
+    tables: Mapping[int, tuple[Sequence[int], int]]
+    """seq_id -> (block table in host blocks, tokens stored)."""
 
 
 NO_CHANGE = Allocation()
@@ -109,10 +144,13 @@ class KVAllocator(Protocol):
         """
         ...
 
-    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+    def decode(
+        self, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None
+    ) -> int:
         """One more token for each of seqs[start:], in order: the engine's decode step.
 
-        Equivalent to `allocate(s, 1)` for each, stopping at the first that returns None.
+        Equivalent to `allocate(s, 1)` for each, stopping at the first that returns None;
+        the copies those allocations report are appended to `copies` (when given).
         Returns the index of that sequence, or len(seqs) when all grew.
         """
         ...
@@ -132,6 +170,22 @@ class KVAllocator(Protocol):
         ...
 
     def free(self, seq_id: int) -> None: ...
+
+    def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
+        """Free the device blocks of a group of sequences; return how to keep them on host."""
+        ...
+
+    def swap_in(
+        self, swapped: Swapped, seqs: Sequence[SeqLike], num_tokens: int = 0
+    ) -> Allocation | None:
+        """Give `swapped`'s sequences device blocks again (one per host block, same sharing).
+
+        Then every sequence holding fewer than `num_tokens` tokens grows to `num_tokens`, as
+        `allocate` would. Atomic: returns None and changes nothing when memory is short.
+        The result's `swapped_in` runs say where each host block goes, `new_block_ids` lists
+        every device block taken and `copies` the copy-on-write of the growth.
+        """
+        ...
 
     def block_table(self, seq_id: int) -> Sequence[int]: ...
 

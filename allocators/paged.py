@@ -6,7 +6,10 @@
 Block ids run 1..num_blocks; block 0 is the null block and is never handed out. Free blocks
 leave the front of the free queue (initially ascending ids) and return to its back, a
 sequence's blocks tail first. `fork` shares every parent block (refcounts); the first write
-into a shared partial block copies it (copy-on-write, reported in `Allocation.copies`).
+into a shared partial block copies it (copy-on-write, reported in `Allocation.copies`, and
+by `decode` into its `copies` list). `swap_out` frees a group's blocks and returns a host copy
+plan that holds each shared block once; `swap_in` takes one new block per host block and
+rebuilds the tables with the same sharing (the prefix allocator registers the full ones again).
 
 Invariants (checked by `check_invariants`):
 - a block is free (refcount 0, in the queue once) or used (refcount = number of tables that
@@ -25,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from allocators.base import NO_CHANGE, Allocation, MemoryUsage, SeqLike, cdiv
+from allocators.base import NO_CHANGE, Allocation, MemoryUsage, Run, SeqLike, Swapped, cdiv, runs
 
 _new = tuple.__new__
 
@@ -129,7 +132,9 @@ class PagedAllocator:
             return NO_CHANGE
         return self._grow(seq, st, n)
 
-    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+    def decode(
+        self, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None
+    ) -> int:
         states, ref, free, bs = self._seqs, self._ref, self._free, self.block_size
         pop = self._pop_free
         fast = slow = 0  # tokens written on the fast paths are counted in once, at the end
@@ -155,9 +160,12 @@ class PagedAllocator:
                 if bs == 1:  # the new block is full at once
                     self._register(seq, st)
                 continue
-            if self.allocate(seq, 1) is None:
+            out = self.allocate(seq, 1)
+            if out is None:
                 self._count_fast(fast)
                 return start + fast + slow
+            if out.copies and copies is not None:
+                copies.extend(out.copies)
             slow += 1
         self._count_fast(fast)
         return len(seqs)
@@ -288,6 +296,70 @@ class PagedAllocator:
                 self.block_size - self._tail_fill(st) if tail_freed else 0
             )
         self._release(freed)
+
+    def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
+        host: dict[int, int] = {}  # device block -> host block, in order of first use
+        tables = {}
+        for sid in seq_ids:
+            st = self._seqs[sid]
+            tables[sid] = ([host.setdefault(b, len(host)) for b in st.table], st.num_tokens)
+        for sid in seq_ids:
+            self.free(sid)
+        return Swapped(runs(host.items()), len(host), tables)
+
+    def swap_in(
+        self, swapped: Swapped, seqs: Sequence[SeqLike], num_tokens: int = 0
+    ) -> Allocation | None:
+        if len(seqs) != len(swapped.tables):
+            raise ValueError("swap_in needs exactly the sequences that were swapped out")
+        if swapped.num_host_blocks + self._growth(swapped, num_tokens) > self.num_free_blocks:
+            return None
+        bs, ref = self.block_size, self._ref
+        dev = self._take(swapped.num_host_blocks)  # host block h -> device block dev[h]
+        fill = [0] * len(dev)
+        for table, n in swapped.tables.values():
+            for i, h in enumerate(table):
+                ref[dev[h]] += 1
+                fill[h] = min(bs, n - i * bs)
+        states = []
+        for seq in seqs:
+            table, n = swapped.tables[seq.seq_id]
+            st = _Seq([dev[h] for h in table], n, seq.final_len, len(table) * bs)
+            self._seqs[seq.seq_id] = st
+            states.append(st)
+            self._logical += n
+            self._logical_blocks += len(table)
+            if n % bs and ref[st.table[-1]] > 2:  # _take counted each block once already
+                self._shared_tail.setdefault(st.table[-1], set()).add(seq.seq_id)
+        for b in dev:
+            ref[b] -= 1
+        self._tokens += sum(fill)
+        for seq, st in zip(seqs, states):
+            self._reserved += self._reserve_of(st)
+            self._register(seq, st)  # prefix caching: the full blocks are hittable again
+        added: list[int] = []
+        copies: list[Run] = []
+        for seq, st in zip(seqs, states):
+            if st.num_tokens < num_tokens:
+                out = self.allocate(seq, num_tokens - st.num_tokens)
+                assert out is not None, "swap_in growth was counted wrong"
+                added += out.new_block_ids
+                copies += out.copies
+        pairs = ((h, b) for h, b in enumerate(dev))
+        return Allocation((*dev, *added), copies=tuple(copies), swapped_in=runs(pairs))
+
+    def _growth(self, swapped: Swapped, num_tokens: int) -> int:
+        """Blocks that growing every sequence of `swapped` to num_tokens takes: new blocks,
+        and a copy of each shared partial tail for all its holders but the last."""
+        bs = self.block_size
+        need = 0
+        tails: dict[int, int] = {}
+        for table, n in swapped.tables.values():
+            if n < num_tokens:
+                need += cdiv(num_tokens, bs) - len(table)
+                if n % bs:
+                    tails[table[-1]] = tails.get(table[-1], -1) + 1
+        return need + sum(tails.values())
 
     def block_table(self, seq_id: int) -> Sequence[int]:
         return self._seqs[seq_id].table

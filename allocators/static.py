@@ -7,6 +7,10 @@ as block 0 is for paged allocators), so the "block table" is a `range` of slot i
     slot space  0 |  r1: [##########......]  hole  r2: [#####.........]  slack  ...
                      stored ^     ^ reserved                              ^ buddy rounding
 
+`fork` copies the parent's stored tokens into the child's new range (`Allocation.copies`, in
+slots). `swap_out` keeps each range's stored tokens on host (one run per sequence); `swap_in`
+places new ranges for them.
+
 Reservation (a_r): `max` = max_seq_len; `pow2` = prompt + next power of two of the output
 length (capped at max_seq_len); `oracle` = prompt + output, the true final length.
 
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from allocators.base import NO_CHANGE, Allocation, MemoryUsage, SeqLike
+from allocators.base import NO_CHANGE, Allocation, MemoryUsage, Run, SeqLike, Swapped
 from allocators.placement import PlacementName, make_placement
 
 ReservationName = Literal["max", "pow2", "oracle"]
@@ -111,7 +115,10 @@ class StaticAllocator:
             return None
         return Allocation(new_block_ids=(r.start + 1,))
 
-    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+    def decode(
+        self, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None
+    ) -> int:
+        """Growth stays inside the reservation: it never copies and never fails."""
         ranges = self._seqs
         for i in range(start, len(seqs)):
             r = ranges[seqs[i].seq_id]
@@ -154,6 +161,43 @@ class StaticAllocator:
         self._internal -= max(0, r.size - r.final_len)
         self._slack -= r.footprint - r.size
         self._blocked = False
+
+    def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
+        """One host run per sequence: its stored tokens (host blocks are slots here too)."""
+        plan: list[Run] = []
+        tables: dict[int, tuple[Sequence[int], int]] = {}
+        h = 0
+        for sid in seq_ids:
+            r = self._seqs[sid]
+            plan.append((r.start + 1, h, r.num_tokens))
+            tables[sid] = (range(h, h + r.num_tokens), r.num_tokens)
+            h += r.num_tokens
+        for sid in seq_ids:
+            self.free(sid)
+        return Swapped(tuple(p for p in plan if p[2]), h, tables)
+
+    def swap_in(
+        self, swapped: Swapped, seqs: Sequence[SeqLike], num_tokens: int = 0
+    ) -> Allocation | None:
+        if len(seqs) != len(swapped.tables):
+            raise ValueError("swap_in needs exactly the sequences that were swapped out")
+        placed: list[_Range] = []
+        for seq in seqs:
+            n = swapped.tables[seq.seq_id][1]
+            r = self._place(seq, max(n, num_tokens))
+            if r is None:
+                for done in seqs[: len(placed)]:
+                    self.free(done.seq_id)
+                self._blocked = True
+                return None
+            placed.append(r)
+        self._blocked = False
+        back = [
+            (swapped.tables[seq.seq_id][0][0], r.start + 1, swapped.tables[seq.seq_id][1])
+            for seq, r in zip(seqs, placed)
+            if swapped.tables[seq.seq_id][1]
+        ]
+        return Allocation(tuple(r.start + 1 for r in placed), swapped_in=tuple(back))
 
     def block_table(self, seq_id: int) -> Sequence[int]:
         r = self._seqs[seq_id]

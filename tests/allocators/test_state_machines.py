@@ -1,4 +1,5 @@
-"""Hypothesis state machines: random admit / grow / fork / free with invariants after each step.
+"""Hypothesis state machines: random admit / grow / fork / free / swap out / swap in with
+invariants after each step.
 
 Each machine runs up to 300 examples x 50 steps: over 10,000 random operations per allocator
 (measured: 12,100-13,400 per allocator; hypothesis ends some examples early).
@@ -27,6 +28,7 @@ class AllocatorMachine(RuleBasedStateMachine):
     def setup(self, data):
         self.a = self.make(data)
         self.live = {}  # seq_id -> Seq
+        self.swapped = []  # (Swapped, its sequences)
         self.next_id = 0
 
     def _snapshot(self):
@@ -77,8 +79,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         seqs = [self.live[i] for i in ids if self.a.num_tokens(i) < self.live[i].final_len - 1]
         start = data.draw(st.integers(0, len(seqs)))
         before = {s.seq_id: self.a.num_tokens(s.seq_id) for s in seqs}
-        done = self.a.decode(seqs, start)
+        copies = []
+        done = self.a.decode(seqs, start, copies)
         assert start <= done <= len(seqs)
+        assert all(n == 1 for _, _, n in copies) and len(copies) <= done - start
         for j, s in enumerate(seqs):
             grew = start <= j < done
             assert self.a.num_tokens(s.seq_id) == before[s.seq_id] + grew
@@ -104,6 +108,37 @@ class AllocatorMachine(RuleBasedStateMachine):
         seq_id = data.draw(st.sampled_from(sorted(self.live)))
         self.a.free(seq_id)
         del self.live[seq_id]
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def swap_out(self, data):
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.live)), min_size=1, unique=True))
+        held = {i: self.a.num_tokens(i) for i in ids}
+        swapped = self.a.swap_out(ids)
+        assert {i: n for i, (_, n) in swapped.tables.items()} == held
+        assert sum(n for _, _, n in swapped.runs) == swapped.num_host_blocks
+        self.swapped.append((swapped, [self.live.pop(i) for i in ids]))
+
+    @precondition(lambda self: self.swapped)
+    @rule(data=st.data(), grow=st.integers(0, 2))
+    def swap_in(self, data, grow):
+        i = data.draw(st.integers(0, len(self.swapped) - 1))
+        swapped, seqs = self.swapped[i]
+        top = min(s.final_len for s in seqs) - 1
+        most = max(n for _, n in swapped.tables.values())
+        num_tokens = min(most + grow, top) if grow else 0
+        before = self._snapshot()
+        out = self.a.swap_in(swapped, seqs, num_tokens)
+        if out is None:
+            assert self._snapshot() == before, "a failed swap_in changed state"
+            return
+        del self.swapped[i]
+        for s in seqs:
+            self.live[s.seq_id] = s
+            assert self.a.num_tokens(s.seq_id) == max(swapped.tables[s.seq_id][1], num_tokens)
+        assert sorted(h + k for h, _, n in out.swapped_in for k in range(n)) == list(
+            range(swapped.num_host_blocks)
+        )
 
     @rule()
     def free_all(self):
