@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from tqdm import tqdm
 from allocators import KVAllocator
 from engine.backends.sim import RooflineCost
 from engine.metrics import request_columns, summarize
-from engine.models import model_spec
+from engine.models import GIB, model_spec
 from engine.scheduler import Engine, EngineLimits
-from experiments import results
+from experiments import identity, results
 from workloads.errors import KvbenchError
 from workloads.request import Workload
 
@@ -40,25 +41,73 @@ def build_workload(cfg: DictConfig) -> Workload:
 
 
 def capacity_slots(cfg: DictConfig, workload: Workload) -> int:
-    """KV slots of the budget; without a budget, room for every sequence at once."""
+    """KV slots of the budget; without a budget, room for every sequence at once.
+
+    A budget larger than the workload can ever use - every sequence holding max_seq_len
+    slots (rounded up to a power of two, as buddy placement reserves) at once - is refused:
+    it would change nothing but the free share, and its bookkeeping could exhaust memory."""
     if cfg.kv_budget_gib is None:
         return sum((r.prompt_len + r.output_len) * r.num_seqs for r in workload.requests)
-    if cfg.kv_budget_gib <= 0:
-        raise KvbenchError(f"kv_budget_gib must be > 0 or null, got {cfg.kv_budget_gib}")
-    return model_spec(cfg.model.name).kv_capacity_slots(cfg.kv_budget_gib)
+    budget = cfg.kv_budget_gib
+    if not (math.isfinite(budget) and budget > 0):
+        raise KvbenchError(f"kv_budget_gib must be > 0 and finite, or null; got {budget}")
+    spec = model_spec(cfg.model.name)
+    slots = spec.kv_capacity_slots(budget)
+    num_seqs = sum(r.num_seqs for r in workload.requests)
+    per_seq = 1 << (cfg.max_seq_len - 1).bit_length()
+    most = num_seqs * per_seq
+    if slots > most:
+        raise KvbenchError(
+            f"kv_budget_gib={budget:g} is {slots:,} KV slots of {spec.name}, more than this "
+            f"workload can ever use ({num_seqs:,} sequences x {per_seq:,} slots = {most:,}, "
+            f"{most * spec.kv_bytes_per_token / GIB:,.1f} GiB); use at most that, or "
+            "kv_budget_gib=null"
+        )
+    return slots
 
 
 def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Run one job into out_dir; skip it when out_dir holds this job's finished results."""
-    done = results.finished_summary(out_dir)
-    if done is not None:
-        if done.get("overrides") != overrides:
-            raise KvbenchError(
-                f"{out_dir} holds the results of another job ({done.get('overrides')}); "
-                "choose another hydra.sweep.dir or hydra.run.dir"
-            )
-        print(f"skipped: {out_dir} already holds this job's results")
-        return done
+    """Run one job into out_dir, holding its lock; skip it when out_dir holds the finished
+    results of the same job (same job hash: experiments/identity.py)."""
+    with results.job_lock(out_dir):
+        cfg = identity.normalized(cfg)
+        ident = identity.identify(cfg)
+        done = results.finished_summary(out_dir)
+        if done is not None and _same_job(done, ident, out_dir):
+            print(f"skipped: {out_dir} already holds this job's results")
+            return done
+        summary = _execute(cfg, out_dir)
+        summary["overrides"] = overrides
+        summary["job_hash"] = ident["job_hash"]
+        summary["inputs"] = ident["inputs"]
+        summary["kvbench_version"] = ident["kvbench"]
+        results.write_json(out_dir / results.SUMMARY, summary)
+        return summary
+
+
+def _same_job(done: dict[str, Any], ident: dict[str, Any], out_dir: Path) -> bool:
+    """True when `done` is this job's result; False when it must be rerun (same config, but
+    an input or kvbench changed); a KvbenchError when out_dir holds another job."""
+    if done.get("job_hash") == ident["job_hash"]:
+        return True
+    old_cfg = out_dir / "config.yaml"
+    old = identity.resolved(OmegaConf.load(old_cfg)) if old_cfg.exists() else {}
+    changed = identity.differences(old, ident["config"])
+    if changed:
+        raise KvbenchError(
+            f"{out_dir} holds the results of another job ({'; '.join(changed[:3])}); "
+            "choose another hydra.sweep.dir or hydra.run.dir"
+        )
+    why = identity.differences(
+        {"inputs": done.get("inputs"), "kvbench": done.get("kvbench_version")},
+        {"inputs": ident["inputs"], "kvbench": ident["kvbench"]},
+    )
+    print(f"rerunning: {out_dir} holds results of the same config, but {'; '.join(why)}")
+    return False
+
+
+def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Build, run and write everything but the summary; return the summary's numbers."""
     t0 = time.perf_counter()
     workload = build_workload(cfg)
     spec = model_spec(cfg.model.name)
@@ -111,8 +160,6 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     results.write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     results.write_json(out_dir / "env.json", results.env_record(cfg.seed, "none (sim backend)"))
     summary["wall_time_s"] = time.perf_counter() - t0
-    summary["overrides"] = overrides
-    results.write_json(out_dir / results.SUMMARY, summary)
     return summary
 
 

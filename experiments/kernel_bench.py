@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import traceback
 import warnings
 from collections.abc import Callable
@@ -256,6 +257,9 @@ def main() -> None:
     ap.add_argument("--no-flex", dest="flex", action="store_false")
     ap.add_argument("--quick", action="store_true", help="decode grid only: no ragged, no prefill")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("error: kvbench-kernels needs a CUDA GPU; torch sees none", file=sys.stderr)
+        sys.exit(2)
     card = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
     ceiling = copy_ceiling()

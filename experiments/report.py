@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from experiments import sweeps
 from workloads.errors import KvbenchError, exits_cleanly
 
 PAPER: dict[str, dict[str, dict[str, float]]] = {
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
 
 class PrintReport(Callback):
     """Hydra callback: after a multirun, write and print the report of its sweep directory."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweeps.track(config.hydra)  # so that a failure before any job can tidy up
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         with contextlib.suppress(KvbenchError):  # no runs: every job failed, errors printed

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from engine.metrics import SHARES
 
+ROOT = Path(__file__).parents[2]
 KVBENCH = [sys.executable, "-m", "experiments.cli"]
 SMALL = ["workload.num_requests=40", "progress=false", "kv_budget_gib=1", "max_seq_len=4096"]
 SUMMARY_KEYS = {
@@ -37,11 +40,26 @@ SUMMARY_KEYS = {
 }
 
 
-def kvbench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([*KVBENCH, *args], capture_output=True, text=True, timeout=300)
+def kvbench(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (this checkout's code, from any working directory)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **kwargs.pop("env", {})}
+    r = subprocess.run(
+        [*KVBENCH, *args], capture_output=True, text=True, timeout=300, env=env, **kwargs
+    )
     if check and r.returncode:
         pytest.fail(f"kvbench {args} failed:\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, one line `error: ...` on stderr naming every fragment, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
 
 
 def test_single_run_writes_every_result(tmp_path):

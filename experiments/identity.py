@@ -1,0 +1,120 @@
+"""A job's identity: what it computes from, so a rerun can tell "done" from "different".
+
+    identity = {"config":  the resolved config, presentation keys removed, values normalized,
+                "inputs":  {workload key: sha256 of the file it names},
+                "kvbench": the package version}
+    job_hash = sha256 of that record as canonical JSON (sorted keys)
+
+Invariants: two runs with equal job hashes compute the same thing (kvbench is deterministic
+per seed), so one may stand for the other. Cosmetic differences - `progress`, the sweep
+folder name, the order or spelling of overrides (`seed=01` vs `seed=1`, `kv_budget_gib=12` vs
+`12.0`, a default named explicitly) - do not change the hash; an edited input file does.
+Named traces are identified by their registered sha256, which the loader enforces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from workloads.errors import KvbenchError
+from workloads.registry import TRACES, sha256_of
+
+PRESENTATION_KEYS = ("progress", "sweep_name")
+INPUT_KEYS = ("path", "source", "lengths_from")
+
+
+def kvbench_version() -> str:
+    try:
+        return version("kvbench")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def normalized(cfg: DictConfig) -> DictConfig:
+    """The resolved config with the top-level numbers as numbers (`seed=01` -> 1, a budget of
+    12 -> 12.0); what the job runs with and writes to config.yaml."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation that does not resolve, a missing value
+        raise KvbenchError(f"config: {str(e).splitlines()[0]}") from None
+    assert isinstance(plain, dict)
+    plain["seed"] = integer("seed", plain.get("seed"))
+    plain["max_seq_len"] = integer("max_seq_len", plain.get("max_seq_len"))
+    if plain.get("kv_budget_gib") is not None:
+        plain["kv_budget_gib"] = number("kv_budget_gib", plain["kv_budget_gib"])
+    return OmegaConf.create(plain)
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The normalized config as plain data, without presentation keys."""
+    plain = OmegaConf.to_container(normalized(cfg))
+    assert isinstance(plain, dict)
+    return {str(k): v for k, v in plain.items() if k not in PRESENTATION_KEYS}
+
+
+def integer(key: str, value: Any) -> int:
+    """An int, or a string of digits (Hydra reads `seed=01` as the string '01')."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise KvbenchError(f"{key} must be an integer, got {value!r}")
+
+
+def number(key: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise KvbenchError(f"{key} must be a number, got {value!r}")
+
+
+def inputs(workload: dict[str, Any]) -> dict[str, str | None]:
+    """sha256 of every file the workload config names (None: no such file; the loader will
+    say so). A registered trace name stands for its registered sha256."""
+    out: dict[str, str | None] = {}
+    for key in INPUT_KEYS:
+        value = workload.get(key)
+        if not isinstance(value, str):
+            continue
+        if key == "source" and workload.get("path") is not None:
+            continue  # path replaces the named trace's file
+        if value in TRACES:
+            out[key] = TRACES[value].sha256
+        else:
+            path = Path(value)
+            out[key] = sha256_of(path) if path.is_file() else None
+    return out
+
+
+def identify(cfg: DictConfig) -> dict[str, Any]:
+    """The identity record of a job and its hash under "job_hash"."""
+    config = resolved(cfg)
+    workload = config.get("workload")
+    record = {
+        "config": config,
+        "inputs": inputs(workload) if isinstance(workload, dict) else {},
+        "kvbench": kvbench_version(),
+    }
+    return {**record, "job_hash": digest(record)}
+
+
+def digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs between two nested records."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
