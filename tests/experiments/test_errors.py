@@ -82,11 +82,11 @@ def test_ctrl_c_during_a_sweep_says_what_finished(tmp_path):
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "Traceback" not in out + err
-    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 130 and "Traceback" not in out + err, (p.returncode, out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     finished = len(list(sweep.rglob("summary.json")))
-    assert 1 <= finished < 6
-    assert line == (
+    assert 1 <= finished < 6 and len(lines) == 1, (finished, out, err)
+    assert lines[0] == (
         f"interrupted: {finished} of 6 jobs finished in {sweep}; run the same command with "
         f"hydra.sweep.dir={sweep} to run the rest (finished jobs are skipped)"
     )
