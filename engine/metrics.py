@@ -20,6 +20,8 @@ from engine.sequence import Group
 STEP_COLUMNS = (
     "time_s",
     "duration_s",
+    "host_s",
+    "kernel_s",
     "num_running_reqs",
     "num_running_seqs",
     "num_waiting",
@@ -27,8 +29,10 @@ STEP_COLUMNS = (
     "num_decode_tokens",
     "mem_limited",
     "num_preempted",
+    "num_host_blocks",
     *MemoryUsage._fields,
 )
+_FLOAT_COLUMNS = 4  # the first four; the rest are counts (and one flag)
 SHARES = ("token_states", "reservation", "internal_frag", "external_frag", "free")
 REQUEST_COLUMNS = (
     "req_id",
@@ -60,7 +64,7 @@ class StepLog:
     def columns(self) -> dict[str, np.ndarray]:
         table = np.frombuffer(self.values, np.float64).reshape(len(self), len(STEP_COLUMNS))
         cols = {name: table[:, j] for j, name in enumerate(STEP_COLUMNS)}
-        for name in STEP_COLUMNS[2:]:
+        for name in STEP_COLUMNS[_FLOAT_COLUMNS:]:
             cols[name] = cols[name].astype(bool if name == "mem_limited" else np.int64)
         return cols
 
@@ -113,6 +117,9 @@ def summarize(steps: dict[str, np.ndarray], reqs: dict[str, np.ndarray]) -> dict
     )
     cached, computed = reqs["cached_tokens"].sum(), reqs["computed_tokens"].sum()
     out["prefix_hit_rate"] = float(cached / (cached + computed)) if cached + computed else 0.0
+    out["host_s"] = float(steps["host_s"].sum())
+    out["kernel_s"] = float(steps["kernel_s"].sum())
+    out["max_host_blocks"] = int(steps["num_host_blocks"].max()) if n else 0
     end = float(steps["time_s"][-1] + steps["duration_s"][-1]) if n else 0.0
     out["sim_time_s"] = end
     generated = int(reqs["output_tokens"].sum())

@@ -1,14 +1,16 @@
 """Iteration-level (continuous) batching, FCFS, as in vLLM v1 and Orca.
 
 Each step:
-  1. every running sequence grows by one token (allocate 1); when memory is short, the most
-     recently admitted request is preempted (recompute: its blocks are freed and it returns
-     to the front of the queue) until the growth fits or the growing request itself goes;
-  2. if nothing was preempted, waiting requests are admitted in arrival order while the
-     allocator accepts them and the caps allow (`max_num_seqs` sequences,
+  1. every running sequence grows by one token (allocator `decode`); when memory is short,
+     the most recently admitted request is preempted (`recompute`: its blocks are freed;
+     `swap`: they move to host memory) and returns to the front of the queue, until the
+     growth fits or the growing request itself goes;
+  2. if nothing was preempted, waiting requests are admitted (or swapped back) in arrival
+     order while the allocator accepts them and the caps allow (`max_num_seqs` sequences,
      `max_num_batched_tokens` new tokens per step); a refusal by the allocator marks the step
      as memory-limited (the steps Fig. 2 of the PagedAttention paper averages over);
-  3. memory usage is recorded and the backend prices the step;
+  3. memory usage is recorded and the backend runs (or prices) the step: one StepBatch with
+     everything the allocator reported (engine/backends/base.py);
   4. requests that produced their last token are freed; beams are pruned.
 
 Parallel sampling forks n - 1 sequences from the prefilled prompt. Beam search keeps
@@ -16,9 +18,8 @@ Parallel sampling forks n - 1 sequences from the prefilled prompt. Beam search k
 from the current beams, beams nobody drew are freed and beams drawn several times fork: a
 random stand-in for score-based pruning, which keeps beams closer together than real scores do
 (see the README). A fork the allocator refuses (static allocators copy) leaves the group with
-fewer beams and is counted in `num_forks_refused`. A preempted group is resumed sequence by
-sequence: each one recomputes its own prompt and outputs (sharing returns only through the
-prefix cache).
+fewer beams and is counted in `num_forks_refused`. A preempted group comes back as a group
+(engine/groups.py): swapped back with its sharing, or recomputed and re-forked from its prompt.
 """
 
 from __future__ import annotations
@@ -31,15 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from allocators.base import KVAllocator
+from engine.backends.base import Backend, StepBatch
+from engine.groups import GroupMemory, PreemptionMode
 from engine.metrics import StepLog
 from engine.sequence import Group, Seq
 from workloads.errors import KvbenchError
 from workloads.request import Request
-from workloads.tokens import GENERATED
 
-StepTime = Callable[[int, int, int, float, int], float]
-# prefill tokens, cached tokens, query-key pairs, logical tokens, memory-limited, admitted
-_NO_ADMISSION: tuple = (0, 0, 0.0, 0, False, ())
 MAX_STRETCH = 4096  # steps one decode_steps call may cover
 
 
@@ -49,12 +48,16 @@ class EngineLimits:
     """Running sequences at most."""
     max_num_batched_tokens: int | None = None
     """New tokens per step at most (prefill + decode); None: no cap."""
+    preemption: PreemptionMode = "recompute"
+    """What a preempted request's KV becomes: freed and recomputed later, or swapped to host."""
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise KvbenchError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise KvbenchError("max_num_batched_tokens must be >= 1 or null")
+        if self.preemption not in ("recompute", "swap"):
+            raise KvbenchError(f"engine.preemption must be recompute or swap: {self.preemption}")
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Engine:
     def __init__(
         self,
         allocator: KVAllocator,
-        step_time: StepTime,
+        backend: Backend,
         limits: EngineLimits | None = None,
         seed: int = 0,
         on_finish: Callable[[int], None] | None = None,
@@ -77,69 +80,23 @@ class Engine:
     ) -> None:
         """
         Args:
-            multi_step: run stretches of decode-only steps (no arrival, admission, finish or
-                beam pruning) through one `decode_steps` call; the step log is the same.
+            multi_step: when the backend allows it, run stretches of decode-only steps (no
+                arrival, admission, finish or beam pruning) through one `decode_steps` call;
+                the step log is the same.
         """
-        self.multi_step = multi_step
+        self.multi_step = multi_step and backend.multi_step
         self.alloc = allocator
-        self.step_time = step_time
+        self.backend = backend
         self.limits = limits or EngineLimits()
         self.rng = np.random.default_rng(seed)
         self.on_finish = on_finish
-        self._next_seq_id = 0
-
-    # --- sequences -----------------------------------------------------------------------
-    def _new_seq(self, req: Request) -> Seq:
-        self._next_seq_id += 1
-        sid = self._next_seq_id
-        return Seq(sid, req.prompt_len, req.prompt_len + req.output_len, req.tokens(sid))
-
-    def _fork(self, parent: Seq, at: int) -> Seq | None:
-        self._next_seq_id += 1
-        sid = self._next_seq_id
-        tokens = parent.tokens.fork(at, (GENERATED, sid))
-        child = Seq(sid, parent.prompt_len, parent.final_len, tokens)
-        return child if self.alloc.fork(parent.seq_id, child) is not None else None
-
-    def _admit(self, g: Group) -> bool:
-        """Allocate every sequence of g (atomically); False when memory is short."""
-        alloc = self.alloc
-        n = g.resume_tokens()
-        fresh = not g.seqs
-        seqs = [self._new_seq(g.req)] if fresh else g.seqs
-        done: list[Seq] = []
-        cached = 0
-        for s in seqs:
-            out = alloc.allocate(s, n)
-            if out is None:
-                break
-            done.append(s)
-            cached += out.num_cached_tokens
-        if fresh and len(done) == 1:
-            while len(done) < g.num_seqs and (child := self._fork(done[0], n)) is not None:
-                done.append(child)
-        if len(done) < g.num_seqs:
-            for s in done:
-                alloc.free(s.seq_id)
-            return False
-        g.seqs = done
-        g.num_cached_tokens += cached
-        g.num_computed_tokens += (n if fresh else n * len(done)) - cached
-        return True
-
-    def _preempt(self, g: Group, step: int) -> None:
-        if g in self._beams:
-            self._beams.remove(g)
-        for s in g.seqs:
-            self.alloc.free(s.seq_id)
-        g.num_out += step - g.base  # tokens produced by the end of the previous step
-        g.finish_step = -1
-        g.num_preemptions += 1
 
     # --- the step loop ---------------------------------------------------------------------
     def run(self, requests: Sequence[Request]) -> EngineResult:
         """Serve `requests` to the end; one StepLog row per step."""
         self._validate(requests)
+        self._batch = batch = StepBatch()
+        self._mem = GroupMemory(self.alloc, batch, self.limits.preemption)
         self._pending = deque(sorted(requests, key=lambda r: r.arrival_s))
         self._waiting: deque[Group] = deque()
         self._running: list[Group] = []  # in admission order
@@ -151,7 +108,8 @@ class Engine:
         # NOTE: the loop body is the simulator's hot path (one pass per step); the rare
         # events - arrivals, admissions, preemptions, finishes - live in the methods below.
         pending, waiting, running = self._pending, self._waiting, self._running
-        decode, usage, step_time = self.alloc.decode, self.alloc.usage, self.step_time
+        decode, usage = self.alloc.decode, self.alloc.usage
+        backend, copies = self.backend, batch.copies_before
         finish_at, log = self._finish_at, self._result.steps
         log_row = log.values.extend
         clock, step = 0.0, 0
@@ -162,7 +120,7 @@ class Engine:
             if clock >= next_arrival:
                 next_arrival = self._arrive(clock)
             seqs = self._seqs
-            if self.multi_step and seqs and not waiting and not self._beams:
+            if self.multi_step and seqs and not waiting and not self._beams and not copies:
                 done, clock = self._stretch(step, clock, next_arrival)
                 if done:
                     step += done
@@ -171,29 +129,28 @@ class Engine:
                     continue
             preempted = 0
             if seqs:  # 1. decode growth
-                i = decode(seqs)
+                i = decode(seqs, 0, copies)
                 if i < len(seqs):
                     preempted = self._preempt_for(i, step)
-            num_decode = len(self._seqs)
-            batch = _NO_ADMISSION
+            decode_seqs = self._seqs
+            num_decode = len(decode_seqs)
+            admitted_logical, mem_limited, new = 0, False, ()
             if waiting and not preempted:  # 2. admission
-                batch = self._admit_waiting(step, num_decode)
+                admitted_logical, mem_limited, new = self._admit_waiting(step, num_decode)
             if not running:
                 if not pending:
                     raise KvbenchError(self._never_fits(waiting[0]))
+                copies.clear()  # every group was preempted: they copied into freed blocks
                 clock = max(clock, next_arrival)
                 continue
-            num_prefill, prefill_cached, prefill_pairs, admitted_logical, mem_limited, new = batch
-            u = usage()  # 3. account and price the step
-            dt = step_time(
-                num_prefill,
-                num_decode,
-                u.logical_tokens - admitted_logical,
-                prefill_pairs,
-                prefill_cached,
-            )
-            log_row((clock, dt, len(running), len(self._seqs), len(waiting), num_prefill,
-                     num_decode, mem_limited, preempted, *u))  # fmt: skip
+            u = usage()  # 3. account and run the step
+            batch.step, batch.decode_seqs, batch.num_decode = step, decode_seqs, num_decode
+            batch.decode_context = u.logical_tokens - admitted_logical
+            dt = backend.step(batch)
+            log_row((clock, dt, backend.last_host_s, backend.last_kernel_s, len(running),
+                     len(self._seqs), len(waiting), batch.num_prefill, num_decode, mem_limited,
+                     preempted, self._mem.num_host_blocks, *u))  # fmt: skip
+            batch.clear()
             clock += dt
             if new:
                 for g in new:
@@ -218,20 +175,16 @@ class Engine:
         seqs = self._seqs
         num = len(seqs)
         logical = self.alloc.usage().logical_tokens
-        durations = []
-        end = clock
-        while len(durations) < k_max and end < next_arrival:
-            logical += num
-            durations.append(self.step_time(0, num, logical, 0.0, 0))
-            end += durations[-1]
+        durations = self.backend.stretch(num, logical, k_max, clock, next_arrival)
         if len(durations) < 2:
             return 0, clock
         usages = self.alloc.decode_steps(seqs, len(durations))
         if usages is None:
             return 0, clock
         log_row, num_running = self._result.steps.values.extend, len(self._running)
+        host = self._mem.num_host_blocks
         for dt, u in zip(durations, usages):
-            log_row((clock, dt, num_running, num, 0, 0, num, False, 0, *u))
+            log_row((clock, dt, 0.0, 0.0, num_running, num, 0, 0, num, False, 0, host, *u))
             clock += dt
         return len(durations), clock
 
@@ -248,59 +201,65 @@ class Engine:
         preempted = 0
         while i < len(seqs):
             victim = running.pop()
-            self._preempt(victim, step)
+            if victim in self._beams:
+                self._beams.remove(victim)
+            self._mem.preempt(victim)
+            victim.num_out += step - victim.base  # tokens produced by the end of the last step
+            victim.finish_step = -1
+            victim.num_preemptions += 1
             self._waiting.appendleft(victim)
             self._result.num_preemptions += 1
             preempted += 1
             del seqs[len(seqs) - len(victim.seqs) :]
             if i < len(seqs):
-                i = self.alloc.decode(seqs, i)
+                i = self.alloc.decode(seqs, i, self._batch.copies_before)
         return preempted
 
     def _admit_waiting(self, step: int, num_decode: int) -> tuple:
-        """Admit waiting requests in order while memory and the caps allow."""
-        waiting, seqs = self._waiting, self._seqs
+        """Admit waiting requests in order while memory and the caps allow.
+
+        Returns (logical tokens the admitted hold, memory-limited, the admitted groups).
+        """
+        waiting, batch = self._waiting, self._batch
         budget = (self.limits.max_num_batched_tokens or 1 << 62) - num_decode
-        num_prefill = prefill_cached = admitted_logical = 0
-        prefill_pairs = 0.0
+        admitted_logical = 0
         mem_limited = False
         admitted: list[Group] = []
+        seqs = self._seqs
         while waiting and len(seqs) + waiting[0].num_seqs <= self.limits.max_num_seqs:
             g = waiting[0]
-            n = g.resume_tokens()
-            if n * max(len(g.seqs), 1) > budget and (admitted or num_decode):
+            if self._mem.prefill_estimate(g) > budget and (admitted or num_decode):
                 break  # a prompt over the cap runs alone (no chunked prefill)
-            cached0, computed0 = g.num_cached_tokens, g.num_computed_tokens
-            if not self._admit(g):
+            before = batch.num_prefill
+            if not self._mem.admit(g):
                 mem_limited = True
                 break
             waiting.popleft()
-            computed = g.num_computed_tokens - computed0
-            cached = g.num_cached_tokens - cached0
-            budget -= computed
-            num_prefill += computed
-            prefill_cached += cached
-            prefill_pairs += computed * (cached + computed / 2)
-            admitted_logical += n * len(g.seqs)
+            budget -= batch.num_prefill - before
+            admitted_logical += g.resume_tokens() * len(g.seqs)
             g.base = step
             g.finish_step = step + g.req.output_len - g.num_out - 1
             if g.finish_step not in self._finish_at:
                 heapq.heappush(self._finish_heap, g.finish_step)
             self._finish_at.setdefault(g.finish_step, []).append(g)
             self._running.append(g)
+            if not admitted:  # a new list: the old one is the batch's decode_seqs
+                seqs = self._seqs = list(seqs)
             seqs.extend(g.seqs)
             admitted.append(g)
             if g.req.beam_width > 1:
                 self._beams.append(g)
-        return num_prefill, prefill_cached, prefill_pairs, admitted_logical, mem_limited, admitted
+        return admitted_logical, mem_limited, admitted
 
     def _finish(self, step: int, clock: float) -> None:
         done = [g for g in self._finish_at.pop(step) if g.finish_step == step]
         if not done:
             return  # all were preempted since
+        freed = self._batch.freed
         for g in done:
             for s in g.seqs:
                 self.alloc.free(s.seq_id)
+                freed.append(s.seq_id)
             self._running.remove(g)
             if g in self._beams:
                 self._beams.remove(g)
@@ -317,7 +276,9 @@ class Engine:
         self._seqs = [s for g in self._running for s in g.seqs]
 
     def _prune(self, g: Group, step: int) -> None:
-        """Redraw g's beams: each new beam continues a uniformly drawn current one."""
+        """Redraw g's beams: each new beam continues a uniformly drawn current one.
+
+        Runs after the step: fork copies go to the next step's `copies_before`."""
         k = len(g.seqs)
         counts = np.bincount(self.rng.integers(0, k, g.req.beam_width), minlength=k)
         stored = g.req.prompt_len + g.num_out + (step - g.base + 1) - 1
@@ -325,10 +286,11 @@ class Engine:
         for s, c in zip(g.seqs, counts):
             if not c:
                 self.alloc.free(s.seq_id)
+                self._batch.freed.append(s.seq_id)
         new = list(keep)
         for s, c in zip(keep, counts[counts > 0]):
             for _ in range(c - 1):
-                child = self._fork(s, stored)
+                child = self._mem.fork(s, stored, self._batch.copies_before)
                 if child is None:
                     self._result.num_forks_refused += 1
                 else:

@@ -6,12 +6,16 @@ a group advance in lockstep, so the group keeps one output count for all of them
 
     after step t, each sequence has produced  t - base + 1  tokens   (base: its prefill step)
     a sequence that produced D tokens stores KV for prompt_len + D - 1 tokens
+
+A preempted group keeps its sequences (and their ids): recompute frees their KV and
+re-admits them later; swap keeps their KV in host memory (`swapped`) until it comes back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from allocators.base import Swapped
 from workloads.request import Request
 from workloads.tokens import Tokens
 
@@ -39,6 +43,8 @@ class Group:
     num_cached_tokens: int = 0
     num_computed_tokens: int = 0
     """Prompt (and recomputed) tokens the prefills of this request computed."""
+    swapped: tuple[Swapped, int] | None = None
+    """While swapped out: the allocator's record and where the engine put it in host memory."""
 
     @property
     def num_seqs(self) -> int:

@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from allocators import KVAllocator
-from engine.backends.sim import RooflineCost
+from engine.backends.base import Backend
 from engine.metrics import request_columns, summarize
-from engine.models import GIB, model_spec
+from engine.models import GIB, ModelSpec, model_spec
 from engine.scheduler import Engine, EngineLimits
 from experiments import identity, results
 from workloads.errors import KvbenchError
@@ -38,6 +38,11 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 def build_workload(cfg: DictConfig) -> Workload:
     return build(cfg.workload, seed=cfg.seed, max_seq_len=cfg.max_seq_len)  # type: ignore[no-any-return]
+
+
+def build_backend(cfg: DictConfig, spec: ModelSpec, alloc: KVAllocator) -> Backend:
+    """The backend of the config, on this model and allocator (objects, not configs)."""
+    return build(cfg.backend, model=spec, allocator=alloc, _convert_="object")  # type: ignore[no-any-return]
 
 
 def capacity_slots(cfg: DictConfig, workload: Workload) -> int:
@@ -113,7 +118,7 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     spec = model_spec(cfg.model.name)
     num_slots = capacity_slots(cfg, workload)
     alloc: KVAllocator = build(cfg.allocator, num_slots=num_slots, max_seq_len=cfg.max_seq_len)
-    cost = RooflineCost(spec, build(cfg.gpu))
+    backend = build_backend(cfg, spec, alloc)
     limits = EngineLimits(**cfg.engine)
     with tqdm(
         total=len(workload.requests),
@@ -122,7 +127,7 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         mininterval=0.5,
         desc=f"{type(alloc).__name__}",
     ) as bar:
-        engine = Engine(alloc, cost.step_time, limits, seed=cfg.seed, on_finish=bar.update)
+        engine = Engine(alloc, backend, limits, seed=cfg.seed, on_finish=bar.update)
         result = engine.run(workload.requests)
     _check_drained(alloc)
     steps, reqs = result.steps.columns(), request_columns(result.finished)
@@ -134,8 +139,10 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "placement": getattr(alloc, "placement", None),
         "workload": workload.name,
         "model": spec.name,
-        "gpu": cfg.gpu.name,
-        "backend": cfg.backend.name,
+        "gpu": backend.gpu,
+        "backend": backend.name,
+        "kernel": backend.kernel,
+        "preemption": limits.preemption,
         "kv_budget_gib": cfg.kv_budget_gib,
         "max_seq_len": cfg.max_seq_len,
         "seed": cfg.seed,
@@ -158,7 +165,12 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     results.write_parquet(out_dir / "steps.parquet", steps)
     results.write_parquet(out_dir / "requests.parquet", reqs)
     results.write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    results.write_json(out_dir / "env.json", results.env_record(cfg.seed, "none (sim backend)"))
+    results.write_json(
+        out_dir / "env.json",
+        results.env_record(
+            cfg.seed, "none (sim backend)" if backend.name == "sim" else backend.gpu
+        ),
+    )
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
 

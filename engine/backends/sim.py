@@ -6,14 +6,19 @@
 
 `attended` counts query-key pairs: each decode token attends its whole context, each prefill
 token its cached prefix plus half of the new tokens (causal). The efficiencies and the
-overhead are assumptions of the GPU profile (experiments/conf/gpu/); a profile table measured
-by a GPU backend can replace this model through the same `step_time` signature.
+overhead are assumptions of the GPU profile (experiments/conf/backend/gpu/); a profile table
+measured by a GPU backend can replace this model through the same `step_time` signature.
+Swaps (preemption=swap) move blocks over PCIe before the step, one direction at a time:
+
+    swap = (blocks swapped out or in) x block_size x KV bytes per token / pcie_bytes_per_s
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from allocators.base import KVAllocator
+from engine.backends.base import StepBatch
 from engine.models import ModelSpec
 
 
@@ -28,10 +33,12 @@ class GpuProfile:
     flops_efficiency: float = 0.6
     step_overhead_s: float = 0.002
     """Scheduling, sampling and launch time per step."""
+    pcie_bytes_per_s: float = 32e9
+    """Datasheet host link bandwidth, one direction (swaps go one way at a time)."""
 
     def __post_init__(self) -> None:
-        if self.hbm_bytes_per_s <= 0 or self.peak_flops <= 0:
-            raise ValueError(f"gpu {self.name}: bandwidth and peak flops must be > 0")
+        if self.hbm_bytes_per_s <= 0 or self.peak_flops <= 0 or self.pcie_bytes_per_s <= 0:
+            raise ValueError(f"gpu {self.name}: bandwidths and peak flops must be > 0")
         if not (0 < self.mem_efficiency <= 1 and 0 < self.flops_efficiency <= 1):
             raise ValueError(f"gpu {self.name}: efficiencies must lie in (0, 1]")
 
@@ -72,3 +79,43 @@ class RooflineCost:
             self._byte_rate
         )
         return (compute if compute > memory else memory) + self._overhead
+
+
+class SimBackend:
+    """The roofline as a Backend: prices a StepBatch from its counts, never reads tables."""
+
+    name = "sim"
+    multi_step = True
+    kernel = "roofline"
+    last_host_s = 0.0
+    last_kernel_s = 0.0
+
+    def __init__(self, gpu: GpuProfile, model: ModelSpec, allocator: KVAllocator) -> None:
+        self.profile = gpu
+        self.gpu = gpu.name
+        self.step_time = RooflineCost(model, gpu).step_time
+        block_bytes = allocator.block_size * float(model.kv_bytes_per_token)
+        self._swap_s_per_block = block_bytes / gpu.pcie_bytes_per_s
+
+    def step(self, batch: StepBatch) -> float:
+        dt = self.step_time(
+            batch.num_prefill,
+            batch.num_decode,
+            batch.decode_context,
+            batch.prefill_pairs,
+            batch.prefill_cached,
+        )
+        if batch.swap_out or batch.swap_in:
+            blocks = sum(n for _, _, n in batch.swap_out) + sum(n for _, _, n in batch.swap_in)
+            dt += blocks * self._swap_s_per_block
+        return dt
+
+    def stretch(
+        self, num_seqs: int, logical_tokens: int, max_steps: int, start_s: float, until_s: float
+    ) -> list[float]:
+        step_time, durations, end = self.step_time, [], start_s
+        while len(durations) < max_steps and end < until_s:
+            logical_tokens += num_seqs
+            durations.append(step_time(0, num_seqs, logical_tokens, 0.0, 0))
+            end += durations[-1]
+        return durations

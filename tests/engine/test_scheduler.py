@@ -6,14 +6,18 @@ import numpy as np
 import pytest
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
-from engine.backends.sim import GpuProfile, RooflineCost
+from engine.backends.sim import GpuProfile, SimBackend
 from engine.metrics import SHARES, request_columns, summarize
 from engine.models import model_spec
 from engine.scheduler import Engine, EngineLimits
 from workloads.errors import KvbenchError
 from workloads.synthetic import synthetic
 
-COST = RooflineCost(model_spec("llama3_8b"), GpuProfile("h100", 3.35e12, 989e12))
+H100 = GpuProfile("h100", 3.35e12, 989e12)
+
+
+def sim(alloc) -> SimBackend:
+    return SimBackend(H100, model_spec("llama3_8b"), alloc)
 
 
 def make(kind: str, slots: int, max_seq_len: int = 512):
@@ -40,7 +44,7 @@ def workload(**kw):
 
 
 def run(alloc, w, **limits):
-    engine = Engine(alloc, COST.step_time, EngineLimits(**limits), seed=0)
+    engine = Engine(alloc, sim(alloc), EngineLimits(**limits), seed=0)
     result = engine.run(w.requests)
     return result, result.steps.columns(), request_columns(result.finished)
 
@@ -139,7 +143,7 @@ def test_multi_step_stretches_log_the_same_steps(kind, kw):
     logs = []
     for multi in (True, False):
         alloc = make(kind, 3000)
-        engine = Engine(alloc, COST.step_time, seed=0, multi_step=multi)
+        engine = Engine(alloc, sim(alloc), seed=0, multi_step=multi)
         result = engine.run(w.requests)
         logs.append((result.steps.values, [(g.req.req_id, g.finish_s) for g in result.finished]))
         alloc.check_invariants()

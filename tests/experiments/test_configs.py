@@ -8,9 +8,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from allocators import PagedAllocator
 from engine.backends.sim import GpuProfile
 from engine.models import model_spec
-from experiments.job import build_workload
+from experiments.job import build_backend, build_workload
 
 CONF = Path(__file__).parents[2] / "experiments" / "conf"
 
@@ -47,9 +48,32 @@ def test_models_build(name):
     assert model_spec(cfg_with(f"model={name}").model.name).kv_bytes_per_token > 0
 
 
-@pytest.mark.parametrize("name", options("gpu"))
+@pytest.mark.parametrize("name", options("backend/gpu"))
 def test_gpus_build(name):
-    assert isinstance(instantiate(cfg_with(f"gpu={name}").gpu), GpuProfile)
+    cfg = cfg_with(f"backend/gpu={name}")
+    backend = build_backend(cfg, model_spec("llama3_8b"), PagedAllocator(8, 16))
+    assert isinstance(backend.profile, GpuProfile) and backend.gpu == name
+    assert backend.multi_step and backend.kernel == "roofline"
+
+
+@pytest.mark.parametrize("name", options("backend"))
+def test_backends_compose_with_every_experiment(name):
+    for experiment in options("experiment"):
+        cfg = cfg_with(f"backend={name}", f"experiment={experiment}")
+        assert cfg.backend._target_.endswith(f"{name}.{name.capitalize()}Backend")
+
+
+def test_attention_backend_builds_where_its_module_exists():
+    cfg = cfg_with("backend=attention")
+    assert cfg.backend._target_ == "engine.backends.attention.AttentionBackend"
+    assert (cfg.backend.dtype, cfg.backend.kernel, cfg.backend.device) == (
+        "bfloat16",
+        "triton",
+        "cuda",
+    )
+    pytest.importorskip(
+        "engine.backends.attention", reason="the attention backend is not built yet"
+    )
 
 
 @pytest.mark.parametrize("name", options("sweep"))
