@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def capacity_slots(cfg: DictConfig, workload: Workload) -> int:
         raise KvbenchError(
             f"kv_budget_gib={budget:g} is {slots:,} KV slots of {spec.name}, more than this "
             f"workload can ever use ({num_seqs:,} sequences x {per_seq:,} slots = {most:,}, "
-            f"{most * spec.kv_bytes_per_token / GIB:,.1f} GiB); use at most that, or "
+            f"{most * spec.kv_bytes_per_token / GIB:.4g} GiB); use at most that, or "
             "kv_budget_gib=null"
         )
     return slots
@@ -115,6 +116,7 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Build, run and write everything but the summary; return the summary's numbers."""
     t0 = time.perf_counter()
     workload = build_workload(cfg)
+    _warn_if_clipped(workload, cfg.max_seq_len)
     spec = model_spec(cfg.model.name)
     num_slots = capacity_slots(cfg, workload)
     alloc: KVAllocator = build(cfg.allocator, num_slots=num_slots, max_seq_len=cfg.max_seq_len)
@@ -175,6 +177,18 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _warn_if_clipped(workload: Workload, max_seq_len: int) -> None:
+    """Clipping changes the workload; say so before the results, on stderr."""
+    n, total = workload.num_clipped, len(workload.requests)
+    if n:
+        print(
+            f"warning: {n:,} of {total:,} requests ({100 * n / total:.1f}%) are longer than "
+            f"max_seq_len={max_seq_len:,} and were clipped to it; the results describe the "
+            "clipped workload",
+            file=sys.stderr,
+        )
+
+
 def _offered_rate(workload: Workload) -> float | None:
     """Requests per second between the first and the last arrival."""
     span = workload.requests[-1].arrival_s - workload.requests[0].arrival_s
@@ -205,26 +219,45 @@ def _check_drained(alloc: KVAllocator) -> None:
 
 def format_summary(s: dict[str, Any]) -> str:
     """A short table of the headline numbers."""
-
-    def pct(key: str) -> str:
-        v = s.get(key)
-        return "-" if v is None else f"{100 * v:5.1f}%"
-
     name = s["allocator"] + (
         f" ({s['reservation']}, {s['placement']})"
         if s["reservation"]
         else f" (block {s['block_size']})"
     )
+    budget = (
+        "unlimited: room for every sequence at once"
+        if s["kv_budget_gib"] is None
+        else f"{s['kv_budget_gib']:g} GiB"
+    )
     lines = [
         f"kvbench  {name}  on {s['workload']}  |  {s['model']} on {s['gpu']} ({s['backend']})",
         f"  requests        {s['requests_finished']:,} / {s['num_requests']:,} finished, "
         f"{s['clipped_requests']:,} clipped, {s['num_preemptions']:,} preemptions",
-        f"  KV capacity     {s['capacity_slots']:,} slots ({s['kv_budget_gib']} GiB)",
+        f"  KV capacity     {s['capacity_slots']:,} slots ({budget})",
         f"  batch size      mean {s['mean_batch_size']:.1f}, max {s['max_batch_size']}",
         f"  throughput      {s['throughput_tokens_per_s']:,.0f} generated tokens/s (simulated "
         f"{s['sim_time_s']:,.1f} s in {s['wall_time_s']:.1f} s)",
-        f"  memory          {'':16}{'saturated':>10}{'all steps':>11}",
+        *_memory_lines(s),
     ]
+    if s["block_saving"]:
+        lines.append(
+            f"  sharing         {100 * s['block_saving']:.1f}% of blocks saved "
+            f"(n={s['n']}, beam width {s['beam_width']})"
+        )
+    if s["prefix_hit_rate"]:
+        lines.append(
+            f"  prefix hits     {100 * s['prefix_hit_rate']:.1f}% of prompt tokens, "
+            f"{100 * s['prefix_block_hit_rate']:.1f}% of prompt block references"
+        )
+    return "\n".join(lines)
+
+
+def _memory_lines(s: dict[str, Any]) -> list[str]:
+    def pct(key: str) -> str:
+        v = s.get(key)
+        return "-" if v is None else f"{100 * v:5.1f}%"
+
+    lines = [f"  memory          {'':16}{'saturated':>10}{'all steps':>11}"]
     for k, label in (
         ("token_states", "token states"),
         ("reservation", "reservation"),
@@ -237,11 +270,4 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  saturated steps {s['num_saturated_steps']:,} of {s['num_steps']:,} "
         "(memory refused the head-of-line request)"
     )
-    if s["block_saving"]:
-        lines.append(
-            f"  sharing         {100 * s['block_saving']:.1f}% of blocks saved "
-            f"(n={s['n']}, beam width {s['beam_width']})"
-        )
-    if s["prefix_hit_rate"]:
-        lines.append(f"  prefix hits     {100 * s['prefix_hit_rate']:.1f}% of prompt tokens")
-    return "\n".join(lines)
+    return lines

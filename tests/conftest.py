@@ -1,4 +1,6 @@
-"""Shared fixtures: traces from KVBENCH_TRACE_DIR (CI points it at ../shared/traces)."""
+"""Shared fixtures: traces from KVBENCH_TRACE_DIR (CI points it at ../shared/traces), then the
+user cache, as workloads/registry.py finds them (tests never download). Tests whose trace is
+missing are skipped, and the end of the run says how many and why."""
 
 from __future__ import annotations
 
@@ -14,22 +16,36 @@ import pytest
 
 from workloads.registry import cache_dir, trace_info
 
+NO_TRACE = "no local copy of trace "
+
 
 def trace_path(name: str) -> Path:
-    """A trace file for a test: fail loudly if KVBENCH_TRACE_DIR is set but lacks it."""
+    """A trace file for a test, from KVBENCH_TRACE_DIR, then the cache; else skip."""
     info = trace_info(name)
-    trace_dir = os.environ.get("KVBENCH_TRACE_DIR")
-    if trace_dir:
-        path = Path(trace_dir) / info.file
-        if not path.exists():
-            pytest.fail(f"KVBENCH_TRACE_DIR={trace_dir} is set but has no {info.file}")
-        return path
-    cached = cache_dir() / info.file
-    if not cached.exists():
-        pytest.skip(f"set KVBENCH_TRACE_DIR to a folder holding {info.file}")
-    return cached
+    for folder in (os.environ.get("KVBENCH_TRACE_DIR"), cache_dir()):
+        if folder and (Path(folder) / info.file).exists():
+            return Path(folder) / info.file
+    pytest.skip(f"{NO_TRACE}{name}")
 
 
 @pytest.fixture
 def need_trace():
     return trace_path
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how many tests were skipped for want of a trace, which traces, and how to get them."""
+    missing: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        message = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if NO_TRACE in message:
+            name = message.split(NO_TRACE, 1)[1].strip()
+            missing[name] = missing.get(name, 0) + 1
+    if missing:
+        where = os.environ.get("KVBENCH_TRACE_DIR") or "unset"
+        terminalreporter.write_line(
+            f"{sum(missing.values())} trace tests skipped: no local copy of "
+            f"{', '.join(sorted(missing))} (KVBENCH_TRACE_DIR={where}, cache {cache_dir()}); "
+            "put the files in a folder and set KVBENCH_TRACE_DIR, or fetch one with "
+            "`kvbench-trace-stats NAME`"
+        )

@@ -91,7 +91,7 @@ class Arrival:
 
 
 def synthetic(
-    num_requests: int = 1000,
+    max_requests: int = 1000,
     seed: int = 0,
     arrival: Arrival | dict[str, Any] | None = None,
     prompt: Dist | dict[str, Any] | None = None,
@@ -104,34 +104,34 @@ def synthetic(
     max_seq_len: int | None = None,
     clip: bool = True,
     name: str = "synthetic",
+    length_scale: float = 1.0,
 ) -> Workload:
     """Requests with the given arrivals and lengths.
 
     Args:
+        max_requests: how many requests to draw (the name every workload uses for its
+            request limit).
         lengths_from: a trace name; (prompt, output) pairs are resampled from it jointly,
             replacing `prompt` and `output`.
         num_prefixes, prefix_len: each prompt starts with one of `num_prefixes` shared
             prefixes (system prompts) of `prefix_len` tokens, drawn uniformly; the drawn
             prompt length comes after it.
+        length_scale: every drawn length and the prefix length are multiplied by this
+            (rounded, at least 1) before clipping: the seq_len sweep.
     """
-    if num_requests < 1:
-        raise KvbenchError(f"num_requests must be >= 1, got {num_requests}")
+    if max_requests is None or max_requests < 1:
+        raise KvbenchError(f"workload.max_requests must be >= 1, got {max_requests}")
+    check_length_scale(length_scale)
     rng = np.random.default_rng(seed)
     arr = _as(Arrival, arrival)
-    times = arrival_times(arr.process, num_requests, arr.rate, arr.cv, rng)
-    if lengths_from:
-        from workloads.traces import load_trace
-
-        pool = load_trace(lengths_from).requests
-        pick = rng.integers(0, len(pool), num_requests)
-        prompts = np.array([pool[i].prompt_len for i in pick])
-        outputs = np.array([pool[i].output_len for i in pick])
-    else:
-        prompts = _as(Dist, prompt).sample(rng, num_requests)
-        outputs = _as(Dist, output).sample(rng, num_requests)
-    groups = rng.integers(0, num_prefixes, num_requests) if num_prefixes > 0 else None
+    times = arrival_times(arr.process, max_requests, arr.rate, arr.cv, rng)
+    prompts, outputs = _lengths(rng, max_requests, prompt, output, lengths_from)
+    prompts, outputs = scale_lengths(prompts, length_scale), scale_lengths(outputs, length_scale)
+    if num_prefixes > 0:
+        prefix_len = int(scale_lengths(np.array([prefix_len]), length_scale)[0])
+    groups = rng.integers(0, num_prefixes, max_requests) if num_prefixes > 0 else None
     requests, num_clipped = [], 0
-    for i in range(num_requests):
+    for i in range(max_requests):
         p, o = int(prompts[i]) + (prefix_len if groups is not None else 0), int(outputs[i])
         if max_seq_len is not None and p + o > max_seq_len:
             if not clip:
@@ -147,6 +147,39 @@ def synthetic(
             chunks = (((SYSTEM, int(groups[i])), shared), ((UNIQUE, i), p - shared))
         requests.append(Request(i, float(times[i]), p, o, chunks, n=n, beam_width=beam_width))
     return Workload(name, requests, num_clipped)
+
+
+def _lengths(
+    rng: np.random.Generator,
+    n: int,
+    prompt: Dist | dict[str, Any] | None,
+    output: Dist | dict[str, Any] | None,
+    lengths_from: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """n (prompt, output) length pairs: drawn from the distributions, or resampled jointly
+    from a trace."""
+    if lengths_from:
+        from workloads.traces import load_trace
+
+        pool = load_trace(lengths_from).requests
+        pick = rng.integers(0, len(pool), n)
+        return (
+            np.array([pool[i].prompt_len for i in pick]),
+            np.array([pool[i].output_len for i in pick]),
+        )
+    return _as(Dist, prompt).sample(rng, n), _as(Dist, output).sample(rng, n)
+
+
+def check_length_scale(length_scale: float) -> None:
+    if not (isinstance(length_scale, (int, float)) and 0 < length_scale < float("inf")):
+        raise KvbenchError(f"workload.length_scale must be > 0, got {length_scale}")
+
+
+def scale_lengths(x: np.ndarray, length_scale: float) -> np.ndarray:
+    """Lengths times length_scale, rounded, at least 1 (unchanged at 1.0)."""
+    if length_scale == 1.0:
+        return x
+    return np.maximum(1, np.rint(x * length_scale)).astype(np.int64)
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -167,10 +200,16 @@ def azure_fit() -> dict[str, Any]:
 
 
 def azure_default(
-    num_requests: int = 2000, seed: int = 0, rate_scale: float = 1.0, **kwargs: Any
+    max_requests: int = 2000, seed: int = 0, rate_scale: float = 1.0, **kwargs: Any
 ) -> Workload:
     """Gamma arrivals and lognormal lengths fitted to the Azure conversation trace."""
+    check_rate_scale(rate_scale)
     fit = azure_fit()
     lengths = {k: Dist("lognormal", **fit[k]) for k in ("prompt", "output")}
     arrival = Arrival("gamma", fit["rate"] * rate_scale, fit["cv"])
-    return synthetic(num_requests, seed, arrival, name="azure_default", **lengths, **kwargs)
+    return synthetic(max_requests, seed, arrival, name="azure_default", **lengths, **kwargs)
+
+
+def check_rate_scale(rate_scale: float) -> None:
+    if not (isinstance(rate_scale, (int, float)) and 0 < rate_scale < float("inf")):
+        raise KvbenchError(f"workload.rate_scale must be > 0, got {rate_scale}")

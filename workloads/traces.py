@@ -13,6 +13,7 @@ prefixes at any block size dividing 512.
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,14 @@ import pandas as pd
 from workloads.errors import InputError, KvbenchError
 from workloads.registry import TRACES, TraceFormat, locate, trace_info
 from workloads.request import Request, Workload, clip_lengths
-from workloads.synthetic import Arrival, _as, arrival_times
+from workloads.synthetic import (
+    Arrival,
+    _as,
+    arrival_times,
+    check_length_scale,
+    check_rate_scale,
+    scale_lengths,
+)
 from workloads.tokens import MOONCAKE
 
 MOONCAKE_BLOCK = 512
@@ -49,7 +57,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(path, "empty file", row=1) from None
     except pd.errors.ParserError as e:
-        raise InputError(path, f"not a valid CSV file ({e})") from None
+        raise InputError(path, f"not a valid CSV file ({' '.join(str(e).split())})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(
@@ -151,7 +159,18 @@ def read_mooncake(path: Path) -> Rows:
         raise InputError(path, "empty file", row=1)
     t_arr, line_arr = np.array(times), np.array(lines)
     _check_sorted(t_arr, line_arr, path, "timestamp")
+    t_arr -= t_arr[0]  # the trace's clock: seconds after its first request, as for Azure
     return Rows(path, line_arr, np.array(prompt), np.array(output), t_arr, hash_ids)
+
+
+def _check_text(path: Path, format: str) -> None:
+    """Refuse a binary file up front (a NUL byte or invalid UTF-8 in its first 64 KiB)."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    nul = head.find(b"\0")
+    if nul >= 0:
+        raise InputError(path, f"not a text {format} trace (byte {nul} is NUL)")
+    codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
 
 
 READERS = {"azure": read_azure, "mooncake": read_mooncake, "sharegpt": read_sharegpt}
@@ -171,13 +190,26 @@ def read_rows(
         info = trace_info(source)
         if format not in (None, info.format):
             raise KvbenchError(f"trace {source!r} is in {info.format!r} format, not {format!r}")
-        return source, READERS[info.format](locate(source))
+        return source, read_file(locate(source), info.format)
     path = Path(source)
     if not path.exists():
         raise KvbenchError(f"{source}: no such trace name or file; names: {sorted(TRACES)}")
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a trace file")
     if format not in READERS:
         raise KvbenchError(f"{source}: give the file's format, one of {sorted(READERS)}")
-    return path.name, READERS[format](path)
+    return path.name, read_file(path, format)
+
+
+def read_file(path: Path, format: TraceFormat) -> Rows:
+    """Parse one trace file; a binary or unreadable file is an InputError naming it."""
+    try:
+        _check_text(path, format)
+        return READERS[format](path)
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"not a text {format} trace (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read the file ({e.strerror})") from None
 
 
 def load_trace(
@@ -192,6 +224,7 @@ def load_trace(
     clip: bool = True,
     seed: int = 0,
     arrival: Arrival | dict[str, Any] | None = None,
+    length_scale: float = 1.0,
 ) -> Workload:
     """Requests of a trace, in arrival order.
 
@@ -199,34 +232,35 @@ def load_trace(
         source, format, path: see `read_rows`.
         rate_scale: arrival times are divided by this (2.0 replays twice as fast).
         window_start_s, window_end_s: keep requests arriving in [start, end) on the trace's
-            clock (seconds after its first request); times are rebased to the window start.
+            clock (seconds after its first request); times are rebased to the window start,
+            so a request 5 s into the window arrives at 5 s (before rate_scale).
         max_requests: keep the first N requests (after the window).
         max_seq_len, clip: requests longer than max_seq_len are clipped and counted
             (clip=True) or rejected with an error naming their line (clip=False).
         arrival: the arrival process of a trace without timestamps (ShareGPT); `seed` seeds it.
+        length_scale: prompt and output lengths are multiplied by this (rounded, at least 1)
+            before clipping; not for traces whose hash_ids fix the prompt's blocks (Mooncake).
     """
-    if rate_scale <= 0:
-        raise KvbenchError(f"rate_scale must be > 0, got {rate_scale}")
+    check_rate_scale(rate_scale)
+    check_length_scale(length_scale)
     name, rows = read_rows(source, format, path)
-    keep = np.arange(len(rows.lines))
-    t = rows.arrival_s
-    if t is not None and (window_start_s is not None or window_end_s is not None):
-        lo = -np.inf if window_start_s is None else window_start_s
-        hi = np.inf if window_end_s is None else window_end_s
-        keep = keep[(t >= lo) & (t < hi)]
-    if max_requests is not None:
-        keep = keep[:max_requests]
-    if not keep.size:
-        raise KvbenchError(f"{rows.path}: the window and max_requests select no requests")
-    if t is None:
+    if length_scale != 1.0 and rows.hash_ids is not None:
+        raise KvbenchError(
+            f"{rows.path}: workload.length_scale must be 1 for a trace with hash_ids "
+            "(its 512-token blocks fix the prompt lengths)"
+        )
+    keep = _select(rows, window_start_s, window_end_s, max_requests)
+    if rows.arrival_s is None:
         arr = _as(Arrival, arrival)
         times = arrival_times(arr.process, len(keep), arr.rate, arr.cv, np.random.default_rng(seed))
     else:
-        times = t[keep] - t[keep[0]]
+        times = rows.arrival_s[keep] - (window_start_s or 0.0)
     times = times / rate_scale
+    prompts = scale_lengths(rows.prompt[keep], length_scale)
+    outputs = scale_lengths(rows.output[keep], length_scale)
     requests, num_clipped = [], 0
     for j, i in enumerate(keep):
-        p, o = int(rows.prompt[i]), int(rows.output[i])
+        p, o = int(prompts[j]), int(outputs[j])
         if max_seq_len is not None and p + o > max_seq_len:
             if not clip:
                 raise InputError(
@@ -242,6 +276,29 @@ def load_trace(
             chunks = _mooncake_chunks(rows.hash_ids[i], p)
         requests.append(Request(j, float(times[j]), p, o, chunks))
     return Workload(name, requests, num_clipped)
+
+
+def _select(
+    rows: Rows, start_s: float | None, end_s: float | None, max_requests: int | None
+) -> np.ndarray:
+    """Indices of the requests in the window [start_s, end_s), then the first max_requests."""
+    if start_s is not None and start_s < 0:
+        raise KvbenchError(f"workload.window_start_s must be >= 0, got {start_s}")
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise KvbenchError(f"workload.window_end_s ({end_s}) must be > window_start_s ({start_s})")
+    if max_requests is not None and max_requests < 1:
+        raise KvbenchError(f"workload.max_requests must be >= 1 or null, got {max_requests}")
+    keep = np.arange(len(rows.lines))
+    t = rows.arrival_s
+    if t is not None and (start_s is not None or end_s is not None):
+        lo = -np.inf if start_s is None else start_s
+        hi = np.inf if end_s is None else end_s
+        keep = keep[(t >= lo) & (t < hi)]
+    if max_requests is not None:
+        keep = keep[:max_requests]
+    if not keep.size:
+        raise KvbenchError(f"{rows.path}: the window and max_requests select no requests")
+    return keep
 
 
 def _mooncake_chunks(ids: list[int], prompt_len: int) -> tuple:

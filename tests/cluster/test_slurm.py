@@ -22,7 +22,7 @@ SWEEP = [
     "sweep=request_rate",
     "allocator=orca_max,paged",
     "workload.arrival.rate=1.0,2.0",
-    "workload.num_requests=1500",
+    "workload.max_requests=1500",
     "progress=false",
 ]
 NUM_JOBS = 4

@@ -33,7 +33,7 @@ KINDS = ["static-max", "static-oracle", "paged", "prefix"]
 
 def workload(**kw):
     base = dict(
-        num_requests=120,
+        max_requests=120,
         seed=1,
         arrival={"process": "poisson", "rate": 50.0},
         prompt={"kind": "uniform", "low": 10, "high": 200},
@@ -79,7 +79,7 @@ def test_pressure_preempts_and_still_finishes():
 
 def test_parallel_sampling_and_beams_share_blocks():
     for kw in ({"n": 4}, {"beam_width": 4}):
-        w = workload(num_requests=40, **kw)
+        w = workload(max_requests=40, **kw)
         alloc = make("paged", 100_000)
         _result, steps, reqs = run(alloc, w)
         assert reqs["output_tokens"].sum() == w.num_output_tokens
@@ -107,7 +107,7 @@ def test_caps_limit_the_batch():
 
 
 def test_same_seed_same_run():
-    w = workload(beam_width=3, num_requests=30)
+    w = workload(beam_width=3, max_requests=30)
     a = run(make("paged", 4096), w)[1]
     b = run(make("paged", 4096), w)[1]
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -116,7 +116,7 @@ def test_same_seed_same_run():
 def test_opt13b_12gib_static_max_runs_exactly_7():
     slots = model_spec("opt_13b").kv_capacity_slots(12)
     w = workload(
-        num_requests=60,
+        max_requests=60,
         arrival={"process": "burst"},
         max_seq_len=2048,
         prompt={"kind": "lognormal", "mean": 161, "std": 120},
@@ -129,11 +129,11 @@ def test_opt13b_12gib_static_max_runs_exactly_7():
 
 
 def test_a_request_larger_than_memory_is_a_clear_error():
-    w = workload(num_requests=3, prompt={"kind": "fixed", "value": 300}, max_seq_len=512)
+    w = workload(max_requests=3, prompt={"kind": "fixed", "value": 300}, max_seq_len=512)
     with pytest.raises(KvbenchError, match="more than the whole capacity"):
         run(make("paged", 256), w)
     with pytest.raises(KvbenchError, match="cannot be placed"):  # buddy blocks too small
-        run(StaticAllocator(700, 600, "max", "buddy"), workload(num_requests=3, max_seq_len=600))
+        run(StaticAllocator(700, 600, "max", "buddy"), workload(max_requests=3, max_seq_len=600))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -15,7 +15,7 @@ from engine.metrics import SHARES
 
 ROOT = Path(__file__).parents[2]
 KVBENCH = [sys.executable, "-m", "experiments.cli"]
-SMALL = ["workload.num_requests=40", "progress=false", "kv_budget_gib=1", "max_seq_len=4096"]
+SMALL = ["workload.max_requests=40", "progress=false", "kv_budget_gib=1", "max_seq_len=4096"]
 SUMMARY_KEYS = {
     "allocator",
     "block_size",

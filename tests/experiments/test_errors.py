@@ -72,7 +72,7 @@ def test_a_corrupt_summary(tmp_path):
 
 def test_ctrl_c_during_a_sweep_says_what_finished(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "allocator.block_size=1,2,4,8,16,32", "workload.num_requests=600"]
+    args = ["-m", "allocator.block_size=1,2,4,8,16,32", "workload.max_requests=600"]
     args += ["progress=false", "kv_budget_gib=2", f"hydra.sweep.dir={sweep}"]
     p = subprocess.Popen(
         [*KVBENCH, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

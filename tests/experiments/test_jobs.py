@@ -66,9 +66,15 @@ def test_identity_ignores_presentation_and_spelling():
         {"seed": 1, "max_seq_len": 64, "kv_budget_gib": 12, "progress": True, "workload": {}}
     )
     same = OmegaConf.create(
-        {"seed": "01", "max_seq_len": 64, "kv_budget_gib": 12.0, "progress": False,
-         "sweep_name": "x", "workload": {}}
-    )  # fmt: skip
+        {
+            "seed": "01",
+            "max_seq_len": 64,
+            "kv_budget_gib": 12.0,
+            "progress": False,
+            "sweep_name": "x",
+            "workload": {},
+        }
+    )
     assert identity.identify(base)["job_hash"] == identity.identify(same)["job_hash"]
     other = OmegaConf.merge(base, {"seed": 2})
     assert identity.identify(base)["job_hash"] != identity.identify(other)["job_hash"]

@@ -27,7 +27,7 @@ def fig2(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fig2")
     r = kvbench(
         "experiment=vllm_fig2",
-        "workload.num_requests=150",
+        "workload.max_requests=150",
         "progress=false",
         f"hydra.sweep.dir={root}",
     )
@@ -56,7 +56,7 @@ def test_fig2_ordering_shares_and_seven_requests(fig2):
 def test_sharing_never_uses_more_blocks(tmp_path):
     kvbench(
         "experiment=sharing",
-        "workload.num_requests=40",
+        "workload.max_requests=40",
         "progress=false",
         f"hydra.sweep.dir={tmp_path}",
     )
@@ -80,7 +80,7 @@ def test_sharing_never_uses_more_blocks(tmp_path):
 def test_fig13_block_size_and_rate_sweeps_run_small(tmp_path):
     kvbench(
         "experiment=vllm_fig13",
-        "workload.num_requests=40",
+        "workload.max_requests=40",
         "progress=false",
         f"hydra.sweep.dir={tmp_path / 'fig13'}",
     )
@@ -88,7 +88,7 @@ def test_fig13_block_size_and_rate_sweeps_run_small(tmp_path):
     kvbench(
         "sweep=block_size",
         "allocator.block_size=8,64",
-        "workload.num_requests=40",
+        "workload.max_requests=40",
         "progress=false",
         f"hydra.sweep.dir={tmp_path / 'bs'}",
     )
@@ -96,7 +96,7 @@ def test_fig13_block_size_and_rate_sweeps_run_small(tmp_path):
     kvbench(
         "sweep=request_rate",
         "workload.arrival.rate=1,4",
-        "workload.num_requests=40",
+        "workload.max_requests=40",
         "progress=false",
         f"hydra.sweep.dir={tmp_path / 'rate'}",
     )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +67,39 @@ def test_download_is_checked_before_it_enters_the_cache(tmp_path, monkeypatch):
     with pytest.raises(KvbenchError, match="sha256"):
         registry.locate("azure_code")
     assert not list((tmp_path / "kvbench" / "traces").iterdir())
+
+
+def test_download_follows_a_trace_dir_without_the_file(tmp_path, monkeypatch, need_trace):
+    data = need_trace("sharegpt").read_bytes()
+    monkeypatch.setenv("KVBENCH_TRACE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    class Fake:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self):
+            return data
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Fake())
+    got = registry.locate("sharegpt")
+    assert got == tmp_path / "kvbench" / "traces" / got.name and got.read_bytes() == data
+
+
+def test_missing_traces_are_counted_at_the_end_of_the_test_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KVBENCH_TRACE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    r = subprocess.run(
+        [*cmd, "tests/workloads/test_traces.py"],
+        cwd=Path(__file__).parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout
+    assert "trace tests skipped: no local copy of azure_conv, mooncake_conv" in r.stdout

@@ -43,14 +43,14 @@ def test_length_distributions(dist, mean, std):
 
 
 def test_same_seed_same_requests_other_seed_other_requests():
-    kw = dict(num_requests=300, prompt={"kind": "lognormal", "mean": 100, "std": 50})
+    kw = dict(max_requests=300, prompt={"kind": "lognormal", "mean": 100, "std": 50})
     assert synthetic(seed=4, **kw) == synthetic(seed=4, **kw)
     assert synthetic(seed=4, **kw).requests != synthetic(seed=5, **kw).requests
 
 
 def test_shared_prefixes_parallel_sampling_and_beams():
     w = synthetic(
-        num_requests=200,
+        max_requests=200,
         num_prefixes=3,
         prefix_len=64,
         n=4,
@@ -63,13 +63,13 @@ def test_shared_prefixes_parallel_sampling_and_beams():
     a, b = [r for r in w.requests if r.chunks[0][0] == (SYSTEM, 1)][:2]
     assert a.tokens(1).block_key(0, 64) == b.tokens(2).block_key(0, 64)
     assert a.tokens(1).block_key(64, 80) != b.tokens(2).block_key(64, 80)
-    assert synthetic(num_requests=3, beam_width=4).requests[0].num_seqs == 4
+    assert synthetic(max_requests=3, beam_width=4).requests[0].num_seqs == 4
     with pytest.raises(ValueError, match="n or beam_width"):
-        synthetic(num_requests=3, beam_width=4, n=2)
+        synthetic(max_requests=3, beam_width=4, n=2)
 
 
 def test_clipping_is_counted_or_refused():
-    kw = dict(num_requests=500, prompt={"kind": "uniform", "low": 1, "high": 3000}, seed=0)
+    kw = dict(max_requests=500, prompt={"kind": "uniform", "low": 1, "high": 3000}, seed=0)
     w = synthetic(max_seq_len=2048, **kw)
     assert w.num_clipped > 0 and max(r.prompt_len + r.output_len for r in w.requests) <= 2048
     with pytest.raises(KvbenchError, match="exceed max_seq_len 2048"):
@@ -91,7 +91,7 @@ def test_embedded_default_is_the_fit_of_the_azure_trace(need_trace):
 
 
 def test_embedded_default_resembles_the_azure_trace():
-    w = azure_default(num_requests=20_000, seed=0)
+    w = azure_default(max_requests=20_000, seed=0)
     f = azure_fit()
     prompts = np.array([r.prompt_len for r in w.requests])
     times = np.array([r.arrival_s for r in w.requests])

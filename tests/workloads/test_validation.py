@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tests.experiments.test_cli import ROOT, assert_one_line_error, kvbench
 from workloads.errors import InputError, KvbenchError
 from workloads.traces import load_trace
 
@@ -120,3 +121,84 @@ def test_cli_exits_nonzero_without_traceback(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith(f"error: {path}, line 2: malformed JSON")
     assert "Traceback" not in r.stderr
+
+
+BINARY = bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize("format", ["azure", "mooncake", "sharegpt"])
+def test_binary_files_and_directories_are_named(tmp_path, format):
+    path = tmp_path / "trace.bin"
+    path.write_bytes(BINARY)
+    with pytest.raises(InputError, match="not a text") as e:
+        load_trace(str(path), format=format)
+    assert str(e.value).startswith(str(path))
+    with pytest.raises(InputError, match="is a directory") as e:
+        load_trace(str(tmp_path), format=format)
+    assert str(e.value).startswith(str(tmp_path))
+
+
+def stats_cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from workloads.stats import main; main()", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_trace_stats_on_a_binary_file_or_a_directory(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    path.write_bytes(BINARY)
+    assert_one_line_error(stats_cli(str(path), "--format", "mooncake"), str(path), "not a text")
+    assert_one_line_error(stats_cli(str(tmp_path)), str(tmp_path), "is a directory")
+
+
+def test_kvbench_on_a_binary_trace_or_a_directory(tmp_path):
+    path = tmp_path / "trace.csv"
+    path.write_bytes(BINARY)
+    for bad, message in ((path, "not a text"), (tmp_path, "is a directory")):
+        r = kvbench(
+            "workload=azure_conv",
+            f"workload.path={bad}",
+            f"hydra.run.dir={tmp_path / 'r'}",
+            check=False,
+        )
+        assert_one_line_error(r, str(bad), message)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("workload.rate_scale=-1", "workload.rate_scale must be > 0, got -1"),
+        ("workload.max_requests=0", "workload.max_requests must be >= 1, got 0"),
+        ("workload.length_scale=0", "workload.length_scale must be > 0, got 0"),
+    ],
+)
+def test_workload_keys_are_named(tmp_path, override, message):
+    r = kvbench(override, "progress=false", f"hydra.run.dir={tmp_path}", check=False)
+    assert_one_line_error(r, message)
+
+
+def test_every_workload_takes_max_requests_and_clipping_warns(tmp_path):
+    r = kvbench("workload.max_requests=25", "progress=false", f"hydra.run.dir={tmp_path / 'a'}")
+    assert "25 / 25 finished" in r.stdout and "warning" not in r.stderr
+    r = kvbench(
+        "workload.max_requests=25",
+        "max_seq_len=10",
+        "kv_budget_gib=null",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'b'}",
+    )
+    assert r.stderr.startswith("warning: 25 of 25 requests (100.0%) are longer than max_seq_len=10")
+
+
+def test_length_scale_scales_prompts_and_outputs(tmp_path):
+    from workloads.synthetic import synthetic
+
+    base = synthetic(max_requests=50, seed=4)
+    double = synthetic(max_requests=50, seed=4, length_scale=2.0)
+    for a, b in zip(base.requests, double.requests):
+        assert (b.prompt_len, b.output_len) == (2 * a.prompt_len, 2 * a.output_len)
+        assert a.arrival_s == b.arrival_s
+    path = write(tmp_path, "a.csv", AZ + f"{T0},10,5\n{T1},1,1\n")
+    w = load_trace(path, format="azure", length_scale=0.5)
+    assert [(r.prompt_len, r.output_len) for r in w.requests] == [(5, 2), (1, 1)]
+    with pytest.raises(KvbenchError, match="length_scale must be 1 for a trace with hash_ids"):
+        load_trace(write(tmp_path, "m.jsonl", mc()), format="mooncake", length_scale=2.0)
