@@ -70,6 +70,14 @@ class Tokens:
             i += 1
         return key[0] if len(key) == 1 else tuple(key)
 
+    def runs(self, start: int, end: int) -> tuple[tuple[Source, int, int], ...]:
+        """Tokens [start, end) as runs (source, offset, length), in order (the radix tree's
+        keys). Adjacent pieces never continue one another, so equal tokens give equal runs."""
+        if end <= start:
+            return ()
+        key = self.block_key(start, end)
+        return (key,) if isinstance(key[1], int) else key  # type: ignore[index, return-value]
+
     def ids(self, start: int, end: int, vocab_size: int) -> np.ndarray:
         """Token ids [start, end) as int64, each source a fixed pseudo-random stream."""
         out = np.empty(end - start, dtype=np.int64)

@@ -8,17 +8,18 @@ from hypothesis import given, settings
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
 from allocators.base import KVAllocator, MemoryUsage
+from allocators.radix import RadixAllocator
 from tests.allocators.seqs import child, seq
 
 MAX_SEQ_LEN = 64
 SLOTS = 256
+BLOCK_ALLOCATORS = {"paged": PagedAllocator, "prefix": PrefixAllocator, "radix": RadixAllocator}
 
 
 def make(kind: str, block_size: int = 4, reservation: str = "max", placement: str = "first_fit"):
     if kind == "static":
         return StaticAllocator(SLOTS, MAX_SEQ_LEN, reservation, placement)
-    cls = PagedAllocator if kind == "paged" else PrefixAllocator
-    return cls(SLOTS // block_size, block_size)
+    return BLOCK_ALLOCATORS[kind](SLOTS // block_size, block_size)
 
 
 ALLOCATORS = [
@@ -27,7 +28,7 @@ ALLOCATORS = [
         for r in ("max", "pow2", "oracle")
         for p in ("first_fit", "best_fit", "buddy")
     ],
-    *[pytest.param((k, bs), id=f"{k}-bs{bs}") for k in ("paged", "prefix") for bs in (1, 4, 16)],
+    *[pytest.param((k, bs), id=f"{k}-bs{bs}") for k in BLOCK_ALLOCATORS for bs in (1, 4, 16)],
 ]
 
 
@@ -175,16 +176,18 @@ def test_paged_copy_on_write_of_shared_partial_block():
     blocks=st.integers(8, 60),
 )
 @settings(max_examples=150, deadline=None)
-@pytest.mark.parametrize("kind", ["paged", "prefix", "static"])
+@pytest.mark.parametrize("kind", ["paged", "prefix", "radix", "static"])
 def test_decode_steps_equals_stepping_one_at_a_time(kind, lens, forks, steps, blocks):
     """Same usage after each step and the same block tables, or None and no change."""
 
     def build():
-        a = (
-            StaticAllocator(blocks * 8, 128, "oracle", "first_fit")
-            if kind == "static"
-            else (PagedAllocator if kind == "paged" else PrefixAllocator)(blocks, 4)
-        )
+        if kind == "static":
+            a = StaticAllocator(blocks * 8, 128, "oracle", "first_fit")
+        else:
+            a = BLOCK_ALLOCATORS[kind](blocks, 4)
+        ghost = seq(99, 20, 5, shared_prefix=16)  # leaves cached blocks behind (evictable)
+        if a.allocate(ghost, 20) is not None:
+            a.free(ghost.seq_id)
         seqs = []
         for i, (p, o, shared) in enumerate(lens):
             s = seq(i, p, o, shared_prefix=shared)

@@ -12,6 +12,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from allocators.radix import RadixAllocator
 from tests.allocators.seqs import child, seq
 
 RUNS = settings(max_examples=300, stateful_step_count=50, deadline=None)
@@ -176,21 +177,29 @@ class PrefixMachine(AllocatorMachine):
         return PrefixAllocator(data.draw(st.integers(1, 128 // bs)), bs)
 
 
+class RadixMachine(AllocatorMachine):
+    def make(self, data):
+        bs = data.draw(st.sampled_from([1, 2, 4, 8, 16]))
+        return RadixAllocator(data.draw(st.integers(1, 128 // bs)), bs)
+
+
 TestStatic = StaticMachine.TestCase
 TestPaged = PagedMachine.TestCase
 TestPrefix = PrefixMachine.TestCase
-for case in (TestStatic, TestPaged, TestPrefix):
+TestRadix = RadixMachine.TestCase
+for case in (TestStatic, TestPaged, TestPrefix, TestRadix):
     case.settings = RUNS
 del case
 
 
 class Lockstep(RuleBasedStateMachine):
-    """Paged and prefix allocators on the same operations, with room for everything."""
+    """Paged, prefix and radix allocators on the same operations, with room for everything."""
 
     def __init__(self):
         super().__init__()
         self.paged = PagedAllocator(4096, 4)
         self.prefix = PrefixAllocator(4096, 4)
+        self.radix = RadixAllocator(4096, 4)
         self.live = {}
         self.next_id = 0
 
@@ -199,6 +208,7 @@ class Lockstep(RuleBasedStateMachine):
         self.next_id += 1
         s = seq(self.next_id, prompt, output, shared_prefix=prefix)
         assert self.paged.allocate(s, prompt) and self.prefix.allocate(s, prompt)
+        assert self.radix.allocate(s, prompt)
         self.live[s.seq_id] = s
 
     @precondition(lambda self: self.live)
@@ -207,6 +217,7 @@ class Lockstep(RuleBasedStateMachine):
         s = self.live[data.draw(st.sampled_from(sorted(self.live)))]
         if self.paged.num_tokens(s.seq_id) < s.final_len - 1:
             assert self.paged.allocate(s, 1) and self.prefix.allocate(s, 1)
+            assert self.radix.allocate(s, 1)
 
     @precondition(lambda self: self.live)
     @rule(data=st.data())
@@ -214,12 +225,15 @@ class Lockstep(RuleBasedStateMachine):
         seq_id = data.draw(st.sampled_from(sorted(self.live)))
         self.paged.free(seq_id)
         self.prefix.free(seq_id)
+        self.radix.free(seq_id)
         del self.live[seq_id]
 
     @invariant()
     def sharing_never_holds_more(self):
         assert self.prefix.num_free_blocks >= self.paged.num_free_blocks
         assert self.prefix.usage().token_states <= self.paged.usage().token_states
+        assert self.radix.num_free_blocks >= self.paged.num_free_blocks
+        assert self.radix.usage().token_states <= self.prefix.usage().token_states
 
 
 TestLockstep = Lockstep.TestCase

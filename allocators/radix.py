@@ -1,0 +1,297 @@
+"""Prefix sharing through a radix tree, with the semantics of SGLang's RadixAttention.
+
+A sequence locks the tree node its cached prefix ends at and holds its own blocks after it:
+
+    block table of r:  [ tree path: root .. r.node       | r's own blocks          ]
+                         tokens [0, cached), shared, locked  tokens [cached, num_tokens)
+
+Admission matches the prompt in the tree (at most prompt_len - 1 tokens, floored to whole
+blocks: the last prompt token is always computed), locks the match and takes blocks for the
+rest; when the free queue is short it evicts least recently used unlocked leaves (only then).
+Right after admission (SGLang's cache_unfinished_req, there run after the prefill) and at
+`free` (cache_finished_req) the sequence's full blocks go into the tree: blocks another
+sequence inserted first are the same tokens, so the sequence's own copies are freed and it
+points at the tree's (SGLang deduplicates, vLLM does not). Decoded tokens stay private until
+`free`. A fork publishes the parent the same way; the child locks the parent's node and gets
+its own copy of a partial last block (reported in `Allocation.copies`).
+NOTE: `free` also ends a preemption, so a preempted sequence's tokens stay cached too (as in
+vLLM; SGLang's retraction drops its decoded tail).
+
+Accounting: tokens of locked tree nodes and of the sequences' own blocks are token states;
+unlocked (evictable) tree blocks count as free, as cached free blocks do in the prefix
+allocator. A sequence's own last block splits into reservation (slots it will fill) and
+internal fragmentation, as in the paged allocator. No external fragmentation.
+
+Invariants (`check_invariants`): each block is free, in the tree, or owned by one sequence;
+a node's locks are the sequences that end there; `cached` is the token length of the
+sequence's tree path and a multiple of block_size; every counter matches a recount.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from allocators.base import NO_CHANGE, Allocation, MemoryUsage, SeqLike, cdiv
+from allocators.radix_tree import Key, Node, RadixTree
+
+_new = tuple.__new__
+
+
+class RunSource(Protocol):
+    def runs(self, start: int, end: int) -> Key: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Seq:
+    node: Node  # the tree node it locks: tokens [0, cached) are on its path
+    cached: int
+    own: list[int]  # its blocks after `cached`
+    num_tokens: int
+    final_len: int
+    tokens: RunSource
+
+
+class RadixAllocator:
+    def __init__(self, num_blocks: int, block_size: int = 1) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self._free: deque[int] = deque(range(1, num_blocks + 1))
+        self.tree = RadixTree(block_size, self._free.extend)
+        self._seqs: dict[int, _Seq] = {}
+        self._own_tokens = 0  # sum over sequences of num_tokens - cached
+        self._own_blocks = 0
+        self._reserved = 0  # sum of _reserve_of
+        self._logical = 0  # sum of num_tokens
+        self._cached = 0  # sum of cached
+
+    @property
+    def capacity(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can get: free ones and evictable cached ones."""
+        return len(self._free) + self.tree.evictable_size // self.block_size
+
+    # --- blocks ----------------------------------------------------------------------------
+    def _take(self, n: int) -> list[int] | None:
+        """n blocks off the front of the free queue, evicting cached ones only if needed."""
+        short = n - len(self._free)
+        if short > 0:
+            if short * self.block_size > self.tree.evictable_size:
+                return None
+            self.tree.evict(short * self.block_size)
+        popleft = self._free.popleft
+        return [popleft() for _ in range(n)]
+
+    def _reserve_of(self, st: _Seq) -> int:
+        room = st.cached + len(st.own) * self.block_size
+        return max(0, min(room, st.final_len) - st.num_tokens)
+
+    def _add(self, st: _Seq, sign: int) -> None:
+        """Count st in (sign 1) or out (sign -1) of the running totals."""
+        self._own_tokens += sign * (st.num_tokens - st.cached)
+        self._own_blocks += sign * len(st.own)
+        self._reserved += sign * self._reserve_of(st)
+        self._logical += sign * st.num_tokens
+        self._cached += sign * st.cached
+
+    def _publish(self, st: _Seq) -> None:
+        """Put st's full blocks into the tree; its copies of blocks already there are freed."""
+        bs = self.block_size
+        end = st.num_tokens - st.num_tokens % bs
+        if end <= st.cached:
+            return
+        num = (end - st.cached) // bs
+        dup, node = self.tree.insert(st.tokens.runs(st.cached, end), st.own[:num], st.node)
+        self._free.extend(st.own[: dup // bs])
+        self.tree.lock(node)
+        self.tree.unlock(st.node)
+        self._add(st, -1)
+        st.node, st.cached, st.own = node, end, st.own[num:]
+        self._add(st, 1)
+
+    # --- the protocol ------------------------------------------------------------------------
+    def allocate(self, seq: SeqLike, num_new_tokens: int) -> Allocation | None:
+        st = self._seqs.get(seq.seq_id)
+        if st is None:
+            return self._admit(seq, num_new_tokens)
+        n = st.num_tokens + num_new_tokens
+        need = cdiv(n - st.cached, self.block_size) - len(st.own)
+        new = self._take(need) if need > 0 else []
+        if new is None:
+            return None
+        self._add(st, -1)
+        st.own += new
+        st.num_tokens = n
+        self._add(st, 1)
+        return Allocation(tuple(new)) if new else NO_CHANGE
+
+    def _admit(self, seq: SeqLike, n: int) -> Allocation | None:
+        if n < 1:
+            raise ValueError(f"sequence {seq.seq_id}: admission needs at least one token")
+        tokens = cast(RunSource, seq.tokens)
+        max_hit = n - 1 if n >= seq.prompt_len else n
+        node, cached, _ = self.tree.match(tokens.runs(0, max_hit))
+        self.tree.lock(node)
+        own = self._take(cdiv(n - cached, self.block_size))
+        if own is None:
+            self.tree.unlock(node)
+            return None
+        st = _Seq(node, cached, own, n, seq.final_len, tokens)
+        self._seqs[seq.seq_id] = st
+        self._add(st, 1)
+        self._publish(st)
+        return Allocation(tuple(self.block_table(seq.seq_id)), num_cached_tokens=cached)
+
+    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+        states, bs, free = self._seqs, self.block_size, self._free
+        fast = 0  # tokens written into own last blocks, counted in once at the end
+        for i in range(start, len(seqs)):
+            st = states[seqs[i].seq_id]
+            n = st.num_tokens + 1
+            room = st.cached + len(st.own) * bs
+            if n <= room and n <= st.final_len:
+                st.num_tokens = n
+                fast += 1
+                continue
+            if n == room + 1 and n <= st.final_len and free:  # full: one more block
+                st.own.append(free.popleft())
+                st.num_tokens = n
+                self._own_blocks += 1
+                self._own_tokens += 1
+                self._logical += 1
+                self._reserved += min(room + bs, st.final_len) - n
+                continue
+            if self.allocate(seqs[i], 1) is None:
+                self._count_fast(fast)
+                return i
+        self._count_fast(fast)
+        return len(seqs)
+
+    def _count_fast(self, n: int) -> None:
+        self._own_tokens += n
+        self._logical += n
+        self._reserved -= n
+
+    def decode_steps(self, seqs: Sequence[SeqLike], num_steps: int) -> list[MemoryUsage] | None:
+        bs, k = self.block_size, num_steps
+        states = [self._seqs[s.seq_id] for s in seqs]
+        crossings = []  # (step, position in seqs): that step writes into a new block
+        for j, st in enumerate(states):
+            n, room = st.num_tokens, st.cached + len(st.own) * bs
+            if n + k > st.final_len:
+                return None
+            if room - n < k:
+                crossings += [(t, j) for t in range(room - n + 1, k + 1, bs)]
+        if len(crossings) > self.num_free_blocks:
+            return None
+        crossings.sort()  # per step, in sequence order: the order decode() takes blocks in
+        # NOTE: evicting the whole shortfall now frees the same leaves, in the same order, as
+        # step-by-step decoding would, and evicted blocks count as free either way.
+        new = self._take(len(crossings))
+        assert new is not None
+        new_blocks, new_room = [0] * (k + 1), [0] * (k + 1)
+        for (t, j), b in zip(crossings, new):
+            st = states[j]
+            new_room[t] += min(bs, st.final_len - st.cached - len(st.own) * bs)
+            st.own.append(b)
+            new_blocks[t] += 1
+        return self._steps_usage(states, k, new_blocks, new_room)
+
+    def _steps_usage(
+        self, states: list[_Seq], k: int, new_blocks: list[int], new_room: list[int]
+    ) -> list[MemoryUsage]:
+        """Advance every sequence k tokens; the usage after each step."""
+        bs, num = self.block_size, len(states)
+        cap, protected = self.num_blocks * bs, self.tree.protected_size
+        own_blocks = self._own_blocks
+        tokens, reserved, logical = self._own_tokens, self._reserved, self._logical
+        usages = []
+        for t in range(1, k + 1):
+            own_blocks += new_blocks[t]
+            tokens += num
+            logical += num
+            reserved += new_room[t] - num
+            internal = own_blocks * bs - tokens - reserved
+            usages.append(_new(MemoryUsage, (
+                cap, protected + tokens, reserved, internal, 0,
+                cap - protected - tokens - reserved - internal, logical,
+                self._cached + own_blocks * bs)))  # fmt: skip
+        self._own_blocks, self._own_tokens = own_blocks, tokens
+        self._reserved, self._logical = reserved, logical
+        for st in states:
+            st.num_tokens += k
+        return usages
+
+    def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
+        p = self._seqs[parent_id]
+        tail = p.num_tokens % self.block_size
+        if tail and not self.num_free_blocks:
+            return None
+        self._publish(p)
+        own = self._take(1) if tail else []
+        assert own is not None  # publishing freed blocks or locked evictable ones: room stays
+        self.tree.lock(p.node)
+        st = _Seq(p.node, p.cached, own, p.num_tokens, child.final_len,
+                  cast(RunSource, child.tokens))  # fmt: skip
+        self._seqs[child.seq_id] = st
+        self._add(st, 1)
+        copies = ((p.own[0], own[0], 1),) if tail else ()
+        return Allocation(tuple(self.block_table(child.seq_id)), copies=copies)
+
+    def free(self, seq_id: int) -> None:
+        st = self._seqs[seq_id]
+        self._publish(st)
+        del self._seqs[seq_id]
+        self._add(st, -1)
+        self._free.extend(st.own)
+        self.tree.unlock(st.node)
+
+    def block_table(self, seq_id: int) -> list[int]:
+        st = self._seqs[seq_id]
+        return [*self._path_blocks(st.node), *st.own]
+
+    def _path_blocks(self, node: Node) -> list[int]:
+        parts = []
+        while node.parent is not None:
+            parts.append(node.block_ids)
+            node = node.parent
+        return [b for part in reversed(parts) for b in part]
+
+    def num_tokens(self, seq_id: int) -> int:
+        return self._seqs[seq_id].num_tokens
+
+    def usage(self) -> MemoryUsage:
+        bs = self.block_size
+        cap = self.num_blocks * bs
+        tokens = self.tree.protected_size + self._own_tokens
+        internal = self._own_blocks * bs - self._own_tokens - self._reserved
+        return _new(MemoryUsage, (cap, tokens, self._reserved, internal, 0,
+                                  cap - tokens - self._reserved - internal, self._logical,
+                                  self._cached + self._own_blocks * bs))  # fmt: skip
+
+    def check_invariants(self) -> None:
+        bs = self.block_size
+        locks: dict[int, int] = {}
+        owned: list[int] = []
+        for st in self._seqs.values():
+            locks[st.node.node_id] = locks.get(st.node.node_id, 0) + 1
+            assert st.cached == len(self._path_blocks(st.node)) * bs <= st.num_tokens
+            assert len(st.own) == cdiv(st.num_tokens - st.cached, bs), "own blocks"
+            owned += st.own
+        in_tree = self.tree.check_invariants(locks)
+        every = [*self._free, *in_tree, *owned]
+        assert sorted(every) == list(range(1, self.num_blocks + 1)), "a block is lost or shared"
+        seqs = self._seqs.values()
+        assert self._own_tokens == sum(st.num_tokens - st.cached for st in seqs)
+        assert self._own_blocks == len(owned)
+        assert self._reserved == sum(self._reserve_of(st) for st in seqs)
+        assert self._logical == sum(st.num_tokens for st in seqs)
+        assert self._cached == sum(st.cached for st in seqs)
+        self.usage().check()
