@@ -9,11 +9,17 @@ from hypothesis import given, settings
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
 from allocators.base import KVAllocator, MemoryUsage
 from allocators.radix import RadixAllocator
+from allocators.vattention import VAttentionAllocator
 from tests.allocators.seqs import child, seq
 
 MAX_SEQ_LEN = 64
 SLOTS = 256
-BLOCK_ALLOCATORS = {"paged": PagedAllocator, "prefix": PrefixAllocator, "radix": RadixAllocator}
+BLOCK_ALLOCATORS = {
+    "paged": PagedAllocator,
+    "prefix": PrefixAllocator,
+    "radix": RadixAllocator,
+    "vattention": lambda num_pages, bs: VAttentionAllocator(num_pages, bs, 128),
+}
 
 
 def make(kind: str, block_size: int = 4, reservation: str = "max", placement: str = "first_fit"):
@@ -176,7 +182,7 @@ def test_paged_copy_on_write_of_shared_partial_block():
     blocks=st.integers(8, 60),
 )
 @settings(max_examples=150, deadline=None)
-@pytest.mark.parametrize("kind", ["paged", "prefix", "radix", "static"])
+@pytest.mark.parametrize("kind", [*BLOCK_ALLOCATORS, "static"])
 def test_decode_steps_equals_stepping_one_at_a_time(kind, lens, forks, steps, blocks):
     """Same usage after each step and the same block tables, or None and no change."""
 
@@ -213,3 +219,21 @@ def test_decode_steps_equals_stepping_one_at_a_time(kind, lens, forks, steps, bl
         expected.append(single.usage())
     assert usages == expected
     assert snapshot(bulk, [s.seq_id for s in seqs]) == snapshot(single, [s.seq_id for s in seqs2])
+
+
+def test_vattention_maps_pages_into_contiguous_virtual_ranges():
+    a = VAttentionAllocator(num_pages=8, tokens_per_page=4, max_seq_len=32)
+    s1, s2, s3 = (seq(i, prompt_len=5, output_len=6) for i in (1, 2, 3))
+    assert a.allocate(s1, 5).new_block_ids == (1, 2)
+    a.allocate(s2, 5)
+    assert (a.virtual_range(1), a.virtual_range(2)) == (range(0, 32), range(32, 64))
+    u = a.usage()
+    assert (u.token_states, u.reservation, u.internal_frag) == (10, 6, 0)
+    grow_to_end(a, s1)  # 10 tokens in 3 pages: the 12th slot lies past the final length (11)
+    assert a.usage().internal_frag == 1 and a.block_table(1) == [1, 2, 5]
+    a.free(1)
+    a.allocate(s3, 5)
+    assert a.virtual_range(3) == range(0, 32) and a.num_rows == 2  # the lowest free row
+    with pytest.raises(ValueError, match="virtual range"):
+        a.allocate(seq(4, prompt_len=30, output_len=3), 30)
+    a.check_invariants()

@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
 from allocators.radix import RadixAllocator
+from allocators.vattention import VAttentionAllocator
 from tests.allocators.seqs import child, seq
 
 RUNS = settings(max_examples=300, stateful_step_count=50, deadline=None)
@@ -183,11 +184,18 @@ class RadixMachine(AllocatorMachine):
         return RadixAllocator(data.draw(st.integers(1, 128 // bs)), bs)
 
 
+class VAttentionMachine(AllocatorMachine):
+    def make(self, data):
+        bs = data.draw(st.sampled_from([1, 2, 4, 8, 16]))
+        return VAttentionAllocator(data.draw(st.integers(1, 128 // bs)), bs, MAX_SEQ_LEN)
+
+
 TestStatic = StaticMachine.TestCase
 TestPaged = PagedMachine.TestCase
 TestPrefix = PrefixMachine.TestCase
 TestRadix = RadixMachine.TestCase
-for case in (TestStatic, TestPaged, TestPrefix, TestRadix):
+TestVAttention = VAttentionMachine.TestCase
+for case in (TestStatic, TestPaged, TestPrefix, TestRadix, TestVAttention):
     case.settings = RUNS
 del case
 
