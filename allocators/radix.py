@@ -34,8 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from allocators.base import NO_CHANGE, Allocation, MemoryUsage, SeqLike, cdiv
-from allocators.radix_tree import Key, Node, RadixTree
+from allocators import radix_swap
+from allocators.base import NO_CHANGE, Allocation, MemoryUsage, Run, SeqLike, Swapped, cdiv
+from allocators.radix_tree import Node, RadixTree
+from allocators.token_runs import Key
 
 _new = tuple.__new__
 
@@ -149,7 +151,10 @@ class RadixAllocator:
         self._publish(st)
         return Allocation(tuple(self.block_table(seq.seq_id)), num_cached_tokens=cached)
 
-    def decode(self, seqs: Sequence[SeqLike], start: int = 0) -> int:
+    def decode(
+        self, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None
+    ) -> int:
+        """Growth never copies: a sequence's own blocks are never shared."""
         states, bs, free = self._seqs, self.block_size, self._free
         fast = 0  # tokens written into own last blocks, counted in once at the end
         for i in range(start, len(seqs)):
@@ -252,6 +257,15 @@ class RadixAllocator:
         self._add(st, -1)
         self._free.extend(st.own)
         self.tree.unlock(st.node)
+
+    def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
+        return radix_swap.swap_out(self, seq_ids)
+
+    def swap_in(
+        self, swapped: Swapped, seqs: Sequence[SeqLike], num_tokens: int = 0
+    ) -> Allocation | None:
+        """Blocks whose tokens the tree still caches are not copied back (radix_swap.py)."""
+        return radix_swap.swap_in(self, swapped, seqs, num_tokens)
 
     def block_table(self, seq_id: int) -> list[int]:
         st = self._seqs[seq_id]

@@ -3,11 +3,8 @@
     root ─┬─ [S0..S511 | U7_0..U7_15]  blocks (3,9,..)  lock 1 ── [G4_0..G4_31] (12,13) lock 1
           └─ [S0..S511 | U8_0..U8_47]  blocks (..)      lock 0   <- evictable leaf
 
-Keys. A token sequence is a tuple of runs `(source, offset, length)`: tokens offset ..
-offset+length of one source. Two tokens are equal exactly when their (source, position) are,
-so keys are compared run by run, never token by token (a Mooncake prompt of 12k tokens is a
-few dozen runs). Keys are normalized: two adjacent runs never continue one another, so equal
-token sequences have equal keys. Explicit token ids are runs of length 1 (`token_key`).
+Keys are tuples of token runs (allocators/token_runs.py), compared run by run, never token
+by token: a Mooncake prompt of 12k tokens is a few dozen runs.
 
 Nodes. Each node holds an edge key of `length` tokens, a multiple of `block_size`, and one
 block id per `block_size` tokens. A child is found by its first block of tokens; the match of
@@ -30,64 +27,10 @@ unlocked / locked nodes; every evictable leaf has a heap entry.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-Run = tuple[Hashable, int, int]
-Key = tuple[Run, ...]
-
-
-def normalize(runs: Iterable[Run]) -> Key:
-    """Merge adjacent runs that continue one another; drop empty runs."""
-    out: list[Run] = []
-    for src, off, n in runs:
-        if n <= 0:
-            continue
-        if out and out[-1][0] == src and out[-1][1] + out[-1][2] == off:
-            out[-1] = (src, out[-1][1], out[-1][2] + n)
-        else:
-            out.append((src, off, n))
-    return tuple(out)
-
-
-def token_key(token_ids: Sequence[Hashable]) -> Key:
-    """The key of explicit token ids: token t is position 0 of source t."""
-    return normalize((t, 0, 1) for t in token_ids)
-
-
-def key_len(key: Key) -> int:
-    return sum(r[2] for r in key)
-
-
-def split_key(key: Key, n: int) -> tuple[Key, Key]:
-    """(the first n tokens of key, the rest)."""
-    for i, run in enumerate(key):
-        if n <= 0:
-            return key[:i], key[i:]
-        src, off, length = run
-        if n < length:
-            return (*key[:i], (src, off, n)), ((src, off + n, length - n), *key[i + 1 :])
-        n -= length
-    return key, ()
-
-
-def common_len(a: Key, b: Key) -> int:
-    """Number of leading tokens a and b share."""
-    n = i = j = da = db = 0  # da, db: tokens of a[i], b[j] already consumed
-    while i < len(a) and j < len(b):
-        sa, oa, la = a[i]
-        sb, ob, lb = b[j]
-        if sa != sb or oa + da != ob + db:
-            break
-        m = min(la - da, lb - db)
-        n += m
-        da += m
-        db += m
-        if da == la:
-            i, da = i + 1, 0
-        if db == lb:
-            j, db = j + 1, 0
-    return n
+from allocators.token_runs import Key, common_len, key_len, normalize, split_key
 
 
 class Node:

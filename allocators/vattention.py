@@ -28,8 +28,9 @@ that tail is the scheme's waste. No external fragmentation.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
-from allocators.base import Allocation, SeqLike
+from allocators.base import Allocation, SeqLike, Swapped
 from allocators.paged import PagedAllocator
 
 
@@ -67,7 +68,7 @@ class VAttentionAllocator(PagedAllocator):
         self._rows[seq_id] = heapq.heappop(rows) if rows else len(self._rows)
 
     def allocate(self, seq: SeqLike, num_new_tokens: int) -> Allocation | None:
-        admitted = seq.seq_id in self._rows
+        admitted = seq.seq_id in self._seqs
         if not admitted and seq.final_len > self.max_seq_len:
             raise ValueError(
                 f"sequence {seq.seq_id} needs {seq.final_len} tokens; its virtual range holds "
@@ -84,6 +85,15 @@ class VAttentionAllocator(PagedAllocator):
         out = super().fork(parent_id, child)
         if out is not None:
             self._claim_row(child.seq_id)
+        return out
+
+    def swap_in(
+        self, swapped: Swapped, seqs: Sequence[SeqLike], num_tokens: int = 0
+    ) -> Allocation | None:
+        out = super().swap_in(swapped, seqs, num_tokens)
+        if out is not None:
+            for seq in seqs:
+                self._claim_row(seq.seq_id)
         return out
 
     def free(self, seq_id: int) -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from allocators.radix_tree import (
-    RadixTree,
+from allocators.radix_tree import RadixTree
+from allocators.token_runs import (
     common_len,
     key_len,
     normalize,

@@ -138,9 +138,13 @@ class AllocatorMachine(RuleBasedStateMachine):
         for s in seqs:
             self.live[s.seq_id] = s
             assert self.a.num_tokens(s.seq_id) == max(swapped.tables[s.seq_id][1], num_tokens)
-        assert sorted(h + k for h, _, n in out.swapped_in for k in range(n)) == list(
-            range(swapped.num_host_blocks)
-        )
+        copied = sorted(h + k for h, _, n in out.swapped_in for k in range(n))
+        if isinstance(self.a, RadixAllocator):  # blocks its tree still caches stay put
+            assert len(copied) == len(set(copied)) and set(copied) <= set(
+                range(swapped.num_host_blocks)
+            )
+        else:
+            assert copied == list(range(swapped.num_host_blocks))
 
     @rule()
     def free_all(self):
