@@ -198,3 +198,26 @@ class KVAllocator(Protocol):
     def check_invariants(self) -> None:
         """Recompute every counter from scratch; raise AssertionError on any mismatch."""
         ...
+
+
+class DecodeDefaults:
+    """`decode` and `decode_steps` from `allocate` alone: an allocator class that lists this
+    as a base needs only the core methods. Allocators with fast paths override both (the
+    conformance tests prove them equal to these)."""
+
+    def decode(
+        self: KVAllocator, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None
+    ) -> int:
+        for i in range(start, len(seqs)):
+            out = self.allocate(seqs[i], 1)
+            if out is None:
+                return i
+            if copies is not None:
+                copies.extend(out.copies)
+        return len(seqs)
+
+    def decode_steps(
+        self: KVAllocator, seqs: Sequence[SeqLike], num_steps: int
+    ) -> list[MemoryUsage] | None:
+        """None: the engine then steps one at a time (always a valid answer)."""
+        return None

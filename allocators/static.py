@@ -20,7 +20,9 @@ external fragmentation. When an admission fails, every free slot is external fra
 until the next free: a static allocator's free slots can serve nothing but a new admission,
 and the head-of-line request cannot be placed in them (NOTE: DESIGN.md counts them only when
 the free total would fit the request; the PagedAttention paper's Fig. 2 bar for Orca-Max
-counts the leftover of 7 x 2048 in 15,729 slots as external, and so do we).
+counts the leftover of 7 x 2048 in 15,729 slots as external, and so do we). A group with
+n > 1 sequences is admitted as its first sequence plus forks of it: a refused fork refuses
+the admission, and the frees that undo the group's placed sequences keep the slots stranded.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class StaticAllocator:
         self._internal = 0  # sum max(0, a_r - f_r)
         self._slack = 0  # sum footprint - a_r
         self._blocked = False  # the last admission failed and nothing was freed since
+        # The group being admitted: its first sequence and the forks of it so far. A fork of
+        # it that fails refuses the whole admission; the frees that undo it keep _blocked.
+        self._admitting: list[int] = []
+        self._undo: set[int] = set()
 
     @property
     def capacity(self) -> int:
@@ -111,6 +117,8 @@ class StaticAllocator:
             return NO_CHANGE
         r = self._place(seq, num_new_tokens)
         self._blocked = r is None
+        self._admitting = [] if r is None else [seq.seq_id]
+        self._undo.clear()
         if r is None:
             return None
         return Allocation(new_block_ids=(r.start + 1,))
@@ -130,7 +138,9 @@ class StaticAllocator:
 
     def decode_steps(self, seqs: Sequence[SeqLike], num_steps: int) -> list[MemoryUsage] | None:
         ranges = [self._seqs[s.seq_id] for s in seqs]
-        if any(r.num_tokens + num_steps > r.size for r in ranges):
+        # NOTE: the final length, not the reservation, bounds growth (as for paged): tokens past
+        # it would make the reservation negative
+        if any(r.num_tokens + num_steps > r.final_len for r in ranges):
             return None
         before = self.usage()
         for r in ranges:
@@ -149,8 +159,14 @@ class StaticAllocator:
     def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
         parent = self._seqs[parent_id]
         r = self._place(child, parent.num_tokens)
+        admitting = self._admitting[:1] == [parent_id]
         if r is None:
+            if admitting:  # the group's admission is refused: its frees will undo it
+                self._blocked = True
+                self._undo = set(self._admitting)
             return None
+        if admitting:
+            self._admitting.append(child.seq_id)
         return Allocation((r.start + 1,), copies=((parent.start + 1, r.start + 1, r.num_tokens),))
 
     def free(self, seq_id: int) -> None:
@@ -160,7 +176,12 @@ class StaticAllocator:
         self._committed -= min(r.size, r.final_len)
         self._internal -= max(0, r.size - r.final_len)
         self._slack -= r.footprint - r.size
-        self._blocked = False
+        if seq_id in self._undo:
+            self._undo.discard(seq_id)
+        else:
+            self._blocked = False
+            self._undo.clear()
+        self._admitting = []
 
     def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
         """One host run per sequence: its stored tokens (host blocks are slots here too)."""

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
-from allocators.base import KVAllocator, MemoryUsage
+from allocators.base import DecodeDefaults, KVAllocator, MemoryUsage
 from allocators.radix import RadixAllocator
 from allocators.vattention import VAttentionAllocator
 from tests.allocators.seqs import child, seq
@@ -237,3 +237,50 @@ def test_vattention_maps_pages_into_contiguous_virtual_ranges():
     with pytest.raises(ValueError, match="virtual range"):
         a.allocate(seq(4, prompt_len=30, output_len=3), 30)
     a.check_invariants()
+
+
+def test_decode_steps_stops_at_the_final_length(alloc):
+    s = seq(1, prompt_len=4, output_len=4)
+    alloc.allocate(s, 4)
+    assert alloc.decode_steps([s], 5) is None  # 9 tokens: past the final length of 8
+    usages = alloc.decode_steps([s], 4)
+    assert usages is not None and all(u.reservation >= 0 for u in usages)
+    alloc.check_invariants()
+
+
+def test_static_refused_fork_of_an_admission_strands_the_free_slots():
+    a = StaticAllocator(100, 64, "max")
+    parent = seq(1, prompt_len=10, output_len=10)
+    a.allocate(parent, 10)
+    assert a.fork(1, child(parent, 2, at=10, output_len=10)) is None  # 36 slots left
+    a.free(1)  # the engine undoes the group's admission: nothing of it fits
+    assert (a.usage().external_frag, a.usage().free) == (100, 0)
+    assert a.allocate(parent, 10) is not None  # the engine retries the group: same again
+    assert a.fork(1, child(parent, 3, at=10, output_len=10)) is None
+    a.free(1)
+    assert a.usage().external_frag == 100
+    a.allocate(seq(4, prompt_len=5, output_len=5), 5)  # another admission: placed
+    assert (a.usage().external_frag, a.usage().free) == (0, 36)
+
+
+@pytest.mark.parametrize("param", ALLOCATORS)
+def test_default_decode_equals_each_fast_path(param):
+    """base.DecodeDefaults.decode on the same operations: same growth, tables and copies."""
+
+    def run(decode):
+        a = make(*param)
+        seqs = [seq(i, prompt_len=3 + i, output_len=55) for i in range(4)]
+        for s in seqs:
+            a.allocate(s, s.prompt_len)
+        kid = child(seqs[0], 9, at=3, output_len=55)
+        if a.fork(0, kid) is not None:
+            seqs.append(kid)
+        trace = []
+        for _ in range(50):  # until memory runs out, for most allocators
+            copies: list = []
+            trace.append(
+                (decode(a, seqs, 0, copies), copies, snapshot(a, [s.seq_id for s in seqs]))
+            )
+        return trace
+
+    assert run(lambda a, *args: a.decode(*args)) == run(DecodeDefaults.decode)
