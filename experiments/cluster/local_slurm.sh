@@ -22,13 +22,18 @@ set -euo pipefail
 unset KVBENCH_CLUSTER_DAEMON  # only the daemons started below carry the marker
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-STATE=${KVBENCH_CLUSTER_DIR:-$REPO/.cluster}
-mkdir -p "$STATE" && STATE=$(cd "$STATE" && pwd)
+STATE=$(realpath -m "${KVBENCH_CLUSTER_DIR:-$REPO/.cluster}")
+# A Unix socket path holds at most 107 bytes.
+((${#STATE} <= 80)) || { echo "local_slurm: error: $STATE: path too long for sockets;" \
+  "set KVBENCH_CLUSTER_DIR to a shorter one" >&2; exit 2; }
+mkdir -p "$STATE"
 ETC=$STATE/etc MUNGE=$STATE/munge DB=$STATE/mysql SL=$STATE/slurm
 export SLURM_CONF=$ETC/slurm.conf
 PACKAGES=(munge mariadb-server slurmdbd slurmctld slurmd slurm-client)
 DAEMONS=(slurmd slurmctld slurmdbd mysqld munged)  # stop order; start is the reverse
 NODE=$(hostname -s)
+# shellcheck source-path=SCRIPTDIR source=slurm_conf.sh
+source "$REPO/experiments/cluster/slurm_conf.sh"
 # InnoDB kept small and unsynced: a throwaway accounting database, not a durable one.
 MYSQL_OPTS=(--no-defaults --datadir="$DB/data" --user=root --skip-name-resolve --skip-log-bin
   --innodb-log-file-size=4M --innodb-buffer-pool-size=16M --innodb-flush-method=nosync
@@ -78,7 +83,7 @@ wait_for() {
   done
 }
 
-need_root() { [[ $EUID -eq 0 ]] || die "start and stop need root (daemons run as root here)"; }
+need_root() { [[ $EUID -eq 0 ]] || die "start, stop and status need root (the daemons run as root)"; }
 
 missing_packages() {
   local p
@@ -91,110 +96,25 @@ missing_packages() {
 # policy-rc.d, as Debian's container images ship one) unless the machine already has a policy.
 install_packages() {
   local missing policy=/usr/sbin/policy-rc.d added=""
-  missing=$(missing_packages)
-  [[ -z $missing ]] && return 0
-  command -v apt-get >/dev/null || die "missing packages: $missing (and no apt-get)"
-  say "installing $missing"
+  mapfile -t missing < <(missing_packages)
+  ((${#missing[@]})) || return 0
+  command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (and no apt-get)"
+  say "installing ${missing[*]}"
   if [[ ! -e $policy ]]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
   fi
   local rc=0
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends $missing >"$STATE/apt.log" 2>&1; } || rc=$?
+    --no-install-recommends "${missing[@]}" >"$STATE/apt.log" 2>&1; } || rc=$?
   [[ -n $added ]] && rm -f "$policy"
   ((rc == 0)) || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install failed"; }
-}
-
-free_ports() {
-  python3 -c 'import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))'
-}
-
-write_slurm_conf() {
-  local cpus mem_mb
-  cpus=$(nproc)
-  mem_mb=$(free -m | awk '/^Mem:/ {print int($2 * 0.95)}')  # slurmd drains a node with less
-  cat >"$ETC/slurm.conf" <<EOF
-# Written by experiments/cluster/local_slurm.sh: one node, everything under $STATE
-ClusterName=kvbench
-SlurmctldHost=$NODE(127.0.0.1)
-SlurmctldPort=$CTLD_PORT
-SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket=$MUNGE/munge.socket.2
-CredType=cred/munge
-StateSaveLocation=$SL/ctld
-SlurmdSpoolDir=$SL/d
-SlurmctldPidFile=$SL/slurmctld.pid
-SlurmdPidFile=$SL/slurmd.pid
-SlurmctldLogFile=$SL/slurmctld.log
-SlurmdLogFile=$SL/slurmd.log
-# No cgroups here: processes tracked through /proc, no task binding.
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort=$DBD_PORT
-# A munge socket outside /run/munge must be named here too (for slurmdbd connections).
-AccountingStoragePass=$MUNGE/munge.socket.2
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-SchedulerType=sched/backfill
-SlurmdParameters=config_overrides
-MpiDefault=none
-MailProg=/bin/true
-ReturnToService=2
-# submitit ignores SIGTERM (it waits for SIGUSR2 to checkpoint): kill a cancelled job soon.
-KillWait=2
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-EOF
-}
-
-write_dbd_conf() {
-  (
-    umask 077
-    cat >"$ETC/slurmdbd.conf" <<EOF
-# Written by experiments/cluster/local_slurm.sh (mode 600: slurmdbd refuses anything wider)
-AuthType=auth/munge
-AuthInfo=socket=$MUNGE/munge.socket.2
-DbdHost=localhost
-DbdAddr=127.0.0.1
-DbdPort=$DBD_PORT
-SlurmUser=root
-PidFile=$SL/slurmdbd.pid
-LogFile=$SL/slurmdbd.log
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort=$MYSQL_PORT
-StorageUser=slurm
-StoragePass=$DB_PASS
-StorageLoc=slurm_acct_db
-EOF
-  )
-  chmod 600 "$ETC/slurmdbd.conf"
-}
-
-write_conf() {
-  mkdir -p "$ETC"
-  read -r CTLD_PORT SLURMD_PORT DBD_PORT MYSQL_PORT < <(free_ports)
-  echo "$CTLD_PORT $SLURMD_PORT $DBD_PORT $MYSQL_PORT" >"$ETC/ports"
-  DB_PASS=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-  write_slurm_conf
-  write_dbd_conf
 }
 
 # Run a daemon with the marker in its environment, detached from this shell's session.
 launch() { KVBENCH_CLUSTER_DAEMON=$STATE setsid "$@" </dev/null; }
 
 start_munge() {
-  mkdir -p "$MUNGE" && chmod 755 "$MUNGE"  # munged refuses a socket directory other can't read
+  mkdir -p "$MUNGE" && chmod 755 "$MUNGE"  # clients of any user must reach the socket
   (umask 077 && head -c 1024 /dev/urandom >"$MUNGE/munge.key")
   launch munged --socket="$MUNGE/munge.socket.2" --key-file="$MUNGE/munge.key" \
     --pid-file="$MUNGE/munged.pid" --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munged.seed"
@@ -206,9 +126,10 @@ start_mysql() {
   mkdir -p "$DB"
   mariadb-install-db "${MYSQL_OPTS[@]}" --auth-root-authentication-method=socket \
     --skip-test-db >"$DB/install.log" 2>&1 || { tail -n 20 "$DB/install.log" >&2; return 1; }
-  launch mariadbd "${MYSQL_OPTS[@]}" --socket="$DB/mysqld.sock" --pid-file="$DB/mysqld.pid" \
-    --port="$MYSQL_PORT" --bind-address=127.0.0.1 --log-error="$DB/mysqld.log" \
-    >/dev/null 2>&1 &
+  # mariadbd stays in the foreground: run it in the background, with no shell left waiting.
+  (exec env KVBENCH_CLUSTER_DAEMON="$STATE" setsid mariadbd "${MYSQL_OPTS[@]}" \
+    --socket="$DB/mysqld.sock" --pid-file="$DB/mysqld.pid" --port="$MYSQL_PORT" \
+    --bind-address=127.0.0.1 --log-error="$DB/mysqld.log" </dev/null >/dev/null 2>&1) &
   wait_for 30 "$DB/mysqld.log" MariaDB mariadb-admin --no-defaults --socket="$DB/mysqld.sock" ping
   mariadb --no-defaults --socket="$DB/mysqld.sock" -u root -e \
     "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
@@ -245,7 +166,10 @@ cmd_start() {
   rm -rf "$ETC" "$MUNGE" "$DB" "$SL"
   write_conf
   local t0=$SECONDS
-  start_munge && start_mysql && start_slurm || { cmd_stop || true; die "start failed"; }
+  if ! { start_munge && start_mysql && start_slurm; }; then
+    cmd_stop || true
+    die "start failed"
+  fi
   say "up in $((SECONDS - t0))s: node $NODE, $(nproc) CPUs; $(cmd_env)"
 }
 
@@ -253,11 +177,10 @@ cmd_start() {
 cancel_jobs() {
   daemon_pid slurmctld >/dev/null || return 0
   local ids
-  ids=$(squeue -h -o %A 2>/dev/null) || return 0
-  [[ -z $ids ]] && return 0
-  say "cancelling jobs: $(echo $ids)"
-  # shellcheck disable=SC2086
-  scancel $ids || true
+  mapfile -t ids < <(squeue -h -o %A 2>/dev/null)
+  ((${#ids[@]})) || return 0
+  say "cancelling jobs: ${ids[*]}"
+  scancel "${ids[@]}" || true
   wait_for 30 /dev/null "job cancellation" test -z "$(squeue -h -o %A 2>/dev/null)" || true
 }
 
@@ -288,15 +211,14 @@ cmd_stop() {
   local d left
   cancel_jobs
   for d in "${DAEMONS[@]}"; do stop_daemon "$d"; done
-  left=$(leftovers)
-  if [[ -n $left ]]; then
-    say "killing leftover processes: $(echo $left)"
-    # shellcheck disable=SC2086
-    kill -KILL $left 2>/dev/null || true
+  mapfile -t left < <(leftovers)
+  if ((${#left[@]})); then
+    say "killing leftover processes: ${left[*]}"
+    kill -KILL "${left[@]}" 2>/dev/null || true
     sleep 0.5
-    left=$(leftovers)
+    mapfile -t left < <(leftovers)
   fi
-  [[ -z $left ]] || die "still running after stop: $(echo $left)"
+  ((${#left[@]} == 0)) || die "still running after stop: ${left[*]}"
   say "stopped (no process of $STATE alive)"
 }
 
@@ -314,7 +236,7 @@ cmd_env() { echo "export SLURM_CONF=$SLURM_CONF"; }
 case ${1:-} in
   start) cmd_start ;;
   stop) need_root && cmd_stop ;;
-  status) cmd_status ;;
+  status) need_root && cmd_status ;;
   env) cmd_env ;;
   conf) write_conf && echo "$ETC" ;;
   *) die "usage: $0 start|stop|status|env|conf  (state: $STATE)" ;;

@@ -8,10 +8,13 @@ PY=${1:-.venv/bin/python}
 shift || true
 CLUSTER=experiments/cluster/local_slurm.sh
 [[ $EUID -eq 0 ]] || { echo "test-cluster: error: needs root (it starts SLURM's daemons)" >&2; exit 2; }
+tests=""
 
 teardown() {
   local rc=$?
   trap - EXIT INT TERM
+  # pytest and every kvbench it started share one process group: end what is left of it.
+  if [[ -n $tests ]]; then kill -TERM -- "-$tests" 2>/dev/null || true; fi
   "$CLUSTER" stop || rc=1
   exit "$rc"
 }
@@ -21,5 +24,7 @@ trap 'exit 130' INT TERM
 start=$SECONDS
 "$CLUSTER" start
 eval "$("$CLUSTER" env)"
-KVBENCH_CLUSTER_TESTS=1 "$PY" -m pytest -q -rs tests/cluster "$@"
+KVBENCH_CLUSTER_TESTS=1 setsid "$PY" -m pytest -q -rs tests/cluster "$@" &
+tests=$!
+wait "$tests"  # unlike a foreground command, `wait` lets a signal's trap run at once
 echo "test-cluster: tests passed in $((SECONDS - start)) s (cluster start included)"

@@ -8,12 +8,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.cluster
+T = TypeVar("T")
 
 KVBENCH = [sys.executable, "-m", "experiments.cli"]
 # 4 jobs over two allocators; 1,500 requests keep Orca jobs busy for seconds (cancel test).
@@ -65,16 +68,24 @@ def assert_equal_results(sweep_dir: Path, basic_dir: Path) -> None:
         pd.testing.assert_frame_equal(steps, pd.read_parquet(basic_dir / job / "steps.parquet"))
 
 
-def sacct(array_id: str) -> dict[str, tuple[str, str]]:
-    """Task id -> (state, requested TRES) of every task of a job array."""
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "JobID,State,ReqTRES", "-j", array_id],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = [line.split("|") for line in out.splitlines() if line]
-    return {job.split("_")[1]: (state.split()[0], tres) for job, state, tres in rows}
+def sacct(array_id: str, num_tasks: int) -> dict[str, tuple[str, str]]:
+    """Task id -> (state, requested TRES) of every task of a job array, once slurmdbd holds
+    all of them ended (slurmctld sends its records there asynchronously)."""
+
+    def ended() -> dict[str, tuple[str, str]]:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State,ReqTRES", "-j", array_id],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rows = [line.split("|") for line in out.splitlines() if line]
+        tasks = {job.split("_")[1]: (state.split()[0], tres) for job, state, tres in rows}
+        live = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"}
+        done = len(tasks) == num_tasks and not live & {s for s, _ in tasks.values()}
+        return tasks if done else {}
+
+    return wait_until(ended, 30, f"sacct records of job array {array_id}")
 
 
 def array_ids(sweep_dir: Path) -> list[str]:
@@ -89,7 +100,7 @@ def squeue(*args: str) -> list[str]:
     return out.stdout.split()
 
 
-def wait_until(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
+def wait_until(cond: Callable[[], T], timeout: float, what: str) -> T:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if got := cond():
@@ -129,7 +140,7 @@ def test_sweep_equals_basic_launcher(tmp_path, basic):
     assert "### request_rate" in r.stdout  # the report callback ran after the jobs
     assert_equal_results(tmp_path, basic)
     (array_id,) = array_ids(tmp_path)
-    tasks = sacct(array_id)
+    tasks = sacct(array_id, NUM_JOBS)
     assert sorted(tasks) == [str(i) for i in range(NUM_JOBS)]
     for state, tres in tasks.values():
         assert state == "COMPLETED" and "cpu=1" in tres and "gpu" not in tres  # sim: no GPU
@@ -151,6 +162,9 @@ def test_cancelled_job_reruns(tmp_path, basic):
     finished = {job: (tmp_path / job / "summary.json").stat() for job in summaries(tmp_path)}
     assert task not in finished, "the cancelled job finished before SLURM killed it"
     assert len(finished) == NUM_JOBS - 1
+    states = sacct(array_ids(tmp_path)[0], NUM_JOBS)
+    assert states.pop(task)[0] == "CANCELLED"
+    assert {state for state, _ in states.values()} == {"COMPLETED"}
 
     kvbench(*args)  # the rerun: finished jobs skipped, the cancelled one runs
     for job, before in finished.items():
@@ -183,6 +197,6 @@ def test_crashing_job_fails_the_sweep(tmp_path, need_trace):
     assert r.returncode != 0 and elapsed < 60, f"exit {r.returncode} after {elapsed:.0f} s"
     assert f"error: {bad}" in out  # the job's own one-line error, passed on
     (array_id,) = array_ids(tmp_path)
-    assert sacct(array_id)["1"][0] == "FAILED"
+    assert sacct(array_id, 2)["1"][0] == "FAILED"
     assert (tmp_path / "0" / "summary.json").exists()
     assert not (tmp_path / "1" / "summary.json").exists()
