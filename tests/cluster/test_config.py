@@ -33,10 +33,11 @@ def test_gpu_cluster_defaults():
     assert la["gres"] is None  # the sim backend needs no GPU
 
 
-def test_gpu_backend_asks_for_a_gpu(tmp_path):
-    (tmp_path / "backend").mkdir()
-    (tmp_path / "backend" / "attention.yaml").write_text("name: attention\n")
-    assert launcher("backend=attention", searchpath=tmp_path)["gres"] == "gpu:1"
+def test_gpu_backends_ask_for_a_gpu(tmp_path):
+    assert launcher("backend=attention")["gres"] == "gpu:1"
+    (tmp_path / "backend").mkdir()  # any backend but sim, including ones added later
+    (tmp_path / "backend" / "new_gpu_backend.yaml").write_text("name: new\n")
+    assert launcher("backend=new_gpu_backend", searchpath=tmp_path)["gres"] == "gpu:1"
 
 
 def test_every_field_overridable():
