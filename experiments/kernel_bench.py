@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kernels.contiguous import BACKENDS, sdpa_decode
+from kernels.contiguous import BACKENDS, contiguous_decode, contiguous_prefill, sdpa_decode
 from kernels.paged_decode import paged_decode
 from kernels.paged_prefill import paged_prefill
 
@@ -66,6 +66,28 @@ def paged_pool(lens: list[int], bs: int, seed: int = 0):
     k = torch.randn(total + 1, bs, HKV, D, device="cuda", dtype=DT)
     v = torch.randn_like(k)
     return k, v, table.cuda(), torch.tensor(lens, dtype=torch.int32, device="cuda")
+
+
+def slot_space(lens: list[int], seed: int = 0):
+    """Random K/V slots with each sequence's range at a shuffled place (a static allocator)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lens), generator=g).tolist()
+    starts, pos = [0] * len(lens), 1
+    for i in order:
+        starts[i] = pos
+        pos += lens[i]
+    k = torch.randn(pos, HKV, D, device="cuda", dtype=DT)
+    v = torch.randn_like(k)
+    as_gpu = dict(dtype=torch.int32, device="cuda")
+    return k, v, torch.tensor(starts, **as_gpu), torch.tensor(lens, **as_gpu)
+
+
+def _contiguous_fn(q: torch.Tensor, lens: list[int]) -> Callable:
+    k, v, starts, seq_lens = slot_space(lens)
+    n = sum(lens)
+    return lambda: contiguous_decode(
+        q, k, v, starts, seq_lens, D**-0.5, max_seq_len=max(lens), num_tokens=n
+    )
 
 
 def kv_bytes(lens: list[int]) -> int:
@@ -186,12 +208,51 @@ def decode_rows(lens: list[int], shape: str, card: str, args: argparse.Namespace
                 lambda b=backend: lambda: sdpa_decode(q, kc, vc, D**-0.5, b),
             )
         del kc, vc
+    record("kvbench_contiguous_decode", "contiguous", None, lambda: _contiguous_fn(q, lens))
     for bs in BLOCK_SIZES:
         _paged_rows(record, q, lens, bs, tune=args.tune and bs == 16)
     record("flashinfer_batch_decode", "paged", 16, lambda: flashinfer_fn(q, lens))
     if args.flex and len(set(lens)) == 1:  # it faults on ragged batches (torch 2.11)
         record("flex_paged_attention", "paged", 128, lambda: flex_paged_fn(q, lens))
     torch.cuda.empty_cache()
+    return rows
+
+
+def graph_rows(card: str, b: int = 16, captured: int = 8192, true_len: int = 4096) -> list[dict]:
+    """Decode captured in a CUDA graph at `captured` and replayed with every sequence at
+    `true_len`, against eager launches that know the true maximum (paged, block 16)."""
+    k, v, table, seq_lens = paged_pool([captured] * b, 16)
+    q = torch.randn(b, HQ, D, device="cuda", dtype=DT)
+    out = torch.empty_like(q)
+
+    def run(max_len: int) -> None:
+        paged_decode(q, k, v, table, seq_lens, D**-0.5, out=out, max_seq_len=max_len)
+
+    run(captured)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(captured)
+    seq_lens.fill_(true_len)
+    nbytes = kv_bytes([true_len] * b)
+    rows = []
+    for name, fn in (("eager_true_max", lambda: run(true_len)), ("graph_replay", graph.replay)):
+        ms = bench(fn)
+        rows.append(
+            dict(
+                kernel=f"kvbench_paged_decode_{name}",
+                layout="paged",
+                block_size=16,
+                shape=f"graph B={b} L={true_len} (captured {captured})",
+                batch=b,
+                seq_len=true_len,
+                mean_len=true_len,
+                time_ms=ms,
+                bytes=nbytes,
+                tb_per_s=nbytes / (ms * 1e-3) / 1e12,
+                card=card,
+            )
+        )
+        print(f"  {name:<28} {ms:8.4f} ms {rows[-1]['tb_per_s']:6.3f} TB/s", flush=True)
     return rows
 
 
@@ -202,11 +263,18 @@ def prefill_rows(card: str) -> list[dict]:
     flops = 4 * b * HQ * D * n * n / 2  # causal
     q = torch.randn(b * n, HQ, D, device="cuda", dtype=DT)
     k, v, table, seq_lens = paged_pool([n] * b, 16)
+    ks, vs, seq_starts, _ = slot_space([n] * b)
     starts = torch.arange(0, b * n + 1, n, dtype=torch.int32, device="cuda")
     for name, fn in (
         (
             "kvbench_paged_prefill",
             lambda: paged_prefill(q, k, v, table, seq_lens, starts, D**-0.5, max_query_len=n),
+        ),
+        (
+            "kvbench_contiguous_prefill",
+            lambda: contiguous_prefill(
+                q, ks, vs, seq_starts, seq_lens, starts, D**-0.5, max_query_len=n
+            ),
         ),
         ("sdpa_flash_causal", _sdpa_causal(b, n)),
     ):
@@ -214,7 +282,7 @@ def prefill_rows(card: str) -> list[dict]:
         rows.append(
             dict(
                 kernel=name,
-                layout="paged" if "paged" in name else "contiguous",
+                layout="paged" if "paged_" in name else "contiguous",
                 block_size=16 if "paged" in name else None,
                 shape=f"prefill B={b} L={n}",
                 batch=b,
@@ -281,6 +349,8 @@ def main() -> None:
         lens = azure_lengths(b)
         print(f"decode ragged B={b} (Azure lengths, mean {np.mean(lens):.0f})", flush=True)
         rows += decode_rows(lens, f"ragged B={b}", card, args)
+    print("decode under a CUDA graph", flush=True)
+    rows += graph_rows(card)
     if not args.quick:
         print("prefill", flush=True)
         rows += prefill_rows(card)
@@ -302,7 +372,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
         name=dec.kernel + dec.block_size.map(lambda b: "" if pd.isna(b) else f" bs{int(b)}")
     )
     pivot = dec.pivot_table(index="name", columns="shape", values="tb_per_s", aggfunc="first")
-    best = dec[dec.layout == "contiguous"].groupby("shape").tb_per_s.max()
+    best = dec[dec.kernel.str.startswith("sdpa")].groupby("shape").tb_per_s.max()
     lines = [
         f"card: {table.card.iloc[0]}; copy ceiling {table.tb_per_s.iloc[0]:.3f} TB/s",
         "",

@@ -1,11 +1,17 @@
-"""Contiguous decode attention for the static allocator, through torch SDPA.
+"""Contiguous (varlen) attention for the static allocator, and SDPA baselines.
 
-A static allocation keeps each sequence's KV in one contiguous slot range; with a head-major
-pool ([num_kv_heads, slots, head_dim]) a batch of equal-length ranges is a strided
-[B, num_kv_heads, L, head_dim] view that SDPA reads directly, grouped-query attention included.
-The backend is chosen once per device: the first of BACKENDS that runs (cuDNN was fastest for
-decode on the H100 in BENCHMARKS.md, then flash, then memory-efficient); the caller is told
-which one ran.
+A static allocation keeps each sequence's KV in one contiguous slot range of a linear slot
+space; there is no block table:
+
+    k_slots, v_slots  [num_slots, num_kv_heads, head_dim]      slot 0 is the null slot
+    seq_starts        [num_seqs] int32: the first slot of each sequence's range
+    seq_lens          [num_seqs] int32: tokens of KV it holds   (token i at seq_starts + i)
+
+`contiguous_decode` / `contiguous_prefill` run the same Triton programs as the paged kernels
+with the table lookup compiled out (CONTIGUOUS): each K/V tile is one contiguous load, as in
+the Orca baselines of the PagedAttention paper, so static allocation is never timed with a
+paged kernel. `sdpa_decode` runs torch SDPA over equal-length, head-major KV: the baseline
+(cuDNN was fastest for decode on the H100 in BENCHMARKS.md, then flash, then efficient).
 """
 
 from __future__ import annotations
@@ -14,12 +20,74 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from kernels.paged_decode import check_pool, launch_decode
+from kernels.paged_prefill import launch_prefill
+
 BACKENDS = (
     SDPBackend.CUDNN_ATTENTION,
     SDPBackend.FLASH_ATTENTION,
     SDPBackend.EFFICIENT_ATTENTION,
     SDPBackend.MATH,
 )
+
+
+def _as_pool(
+    q: torch.Tensor,
+    k_slots: torch.Tensor,
+    v_slots: torch.Tensor,
+    seq_starts: torch.Tensor,
+    seq_lens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The slot space as a pool of 1-token blocks and the starts as a one-column table."""
+    if k_slots.dim() != 3 or k_slots.shape != v_slots.shape:
+        raise ValueError("k_slots, v_slots: [num_slots, num_kv_heads, head_dim]")
+    if seq_starts.dim() != 1:
+        raise ValueError("seq_starts must be int32 [num_seqs]")
+    k, v, starts = k_slots.unsqueeze(1), v_slots.unsqueeze(1), seq_starts.unsqueeze(1)
+    check_pool(q, k, v, starts, seq_lens)
+    return k, v, starts
+
+
+def contiguous_decode(
+    q: torch.Tensor,
+    k_slots: torch.Tensor,
+    v_slots: torch.Tensor,
+    seq_starts: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+    max_seq_len: int | None = None,
+    num_tokens: int | None = None,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Decode attention over contiguous ranges: q [num_seqs, num_heads, head_dim] -> out.
+
+    Arguments after `scale` as for `paged_decode` (the same split-K heuristics).
+    """
+    k, v, starts = _as_pool(q, k_slots, v_slots, seq_starts, seq_lens)
+    return launch_decode(
+        q, k, v, starts, seq_lens, scale, out, True,
+        max_seq_len, num_tokens, num_splits, block_n, num_warps, num_stages,
+    )  # fmt: skip
+
+
+def contiguous_prefill(
+    q: torch.Tensor,
+    k_slots: torch.Tensor,
+    v_slots: torch.Tensor,
+    seq_starts: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+    max_query_len: int | None = None,
+) -> torch.Tensor:
+    """Causal prefill over contiguous ranges; queries laid out as for `paged_prefill`."""
+    k, v, starts = _as_pool(q, k_slots, v_slots, seq_starts, seq_lens)
+    return launch_prefill(q, k, v, starts, seq_lens, query_start, scale, out, True, max_query_len)
 
 
 def sdpa_decode(
@@ -42,19 +110,3 @@ def pick_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> SDPBacken
             continue
         return backend
     raise RuntimeError("no SDPA backend runs on these inputs")
-
-
-def contiguous_decode(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    backend: SDPBackend | None = None,
-) -> tuple[torch.Tensor, SDPBackend]:
-    """Decode over contiguous KV; returns the output and the backend that computed it."""
-    if k.shape != v.shape or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[3]:
-        raise ValueError("q [B, H, D] and k, v [B, Hkv, L, D] do not match")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]}")
-    backend = backend or pick_backend(q, k, v)
-    return sdpa_decode(q, k, v, scale, backend), backend

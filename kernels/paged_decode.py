@@ -26,7 +26,7 @@ LOG2E = 1.4426950408889634
 def load_kv_tile(
     k_head,  # k_cache_ptr + kv_head * stride_kh + offs_d[None, :]
     v_head,  # v_cache_ptr + kv_head * stride_vh + offs_d[None, :]
-    bt_row,  # block_table_ptr + seq * stride_bt
+    bt_row,  # block_table_ptr + seq * stride_bt (contiguous: the sequence's first slot)
     toks,  # [BLOCK_N] token positions in the sequence
     n_mask,  # [BLOCK_N] positions to load
     stride_kb,
@@ -34,14 +34,21 @@ def load_kv_tile(
     stride_vb,
     stride_vt,
     BLOCK_SIZE: tl.constexpr,
+    CONTIGUOUS: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """K and V rows [BLOCK_N, HEAD_DIM] of the given tokens, found through the block table."""
-    block = tl.load(bt_row + toks // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-    row = (toks % BLOCK_SIZE)[:, None]  # [BLOCK_N, 1]
+    """K and V rows [BLOCK_N, HEAD_DIM] of the given tokens: through the block table, or
+    (CONTIGUOUS) at the sequence's first slot + position, with no table."""
     kv_mask = n_mask[:, None]
-    k = tl.load(k_head + block[:, None] * stride_kb + row * stride_kt, mask=kv_mask, other=0.0)
-    v = tl.load(v_head + block[:, None] * stride_vb + row * stride_vt, mask=kv_mask, other=0.0)
+    if CONTIGUOUS:
+        rows = (tl.load(bt_row).to(tl.int64) + toks)[:, None]  # [BLOCK_N, 1] slots
+        k = tl.load(k_head + rows * stride_kt, mask=kv_mask, other=0.0)
+        v = tl.load(v_head + rows * stride_vt, mask=kv_mask, other=0.0)
+    else:
+        block = tl.load(bt_row + toks // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+        row = (toks % BLOCK_SIZE)[:, None]  # [BLOCK_N, 1]
+        k = tl.load(k_head + block[:, None] * stride_kb + row * stride_kt, mask=kv_mask, other=0.0)
+        v = tl.load(v_head + block[:, None] * stride_vb + row * stride_vt, mask=kv_mask, other=0.0)
     if UPCAST:  # the CPU interpreter computes low-precision dots wrongly
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -56,7 +63,7 @@ def _decode_kernel(
     q_ptr,  # [num_seqs, num_heads, head_dim]
     k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
-    block_table_ptr,  # [num_seqs, max_blocks_per_seq] int32
+    block_table_ptr,  # [num_seqs, max_blocks_per_seq] int32 (contiguous: [num_seqs, 1] first slots)
     seq_lens_ptr,  # [num_seqs] int32
     qk_scale,  # softmax scale * log2(e)
     stride_qs,
@@ -71,19 +78,25 @@ def _decode_kernel(
     stride_os,
     stride_oh,
     num_heads,
-    tokens_per_split,
+    min_tokens_per_split,  # a multiple of BLOCK_N
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    CONTIGUOUS: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
+    # NOTE: each sequence's split size comes from its own length on the GPU, not from a host
+    # maximum, so a CUDA graph captured at a long maximum keeps every split busy on replay.
+    tokens_per_split = tl.maximum(
+        tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N, min_tokens_per_split
+    )
     start = split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, seq_len)
 
@@ -110,7 +123,7 @@ def _decode_kernel(
         toks = tile + offs_n
         n_mask = toks < end
         k, v = load_kv_tile(k_head, v_head, bt_row, toks, n_mask, stride_kb, stride_kt,
-                            stride_vb, stride_vt, BLOCK_SIZE, UPCAST)  # fmt: skip
+                            stride_vb, stride_vt, BLOCK_SIZE, CONTIGUOUS, UPCAST)  # fmt: skip
         s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -215,23 +228,27 @@ def output_for(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 def default_splits(
     programs: int, max_len: int, block_n: int, num_sms: int, mean_len: float | None = None
-) -> int:
-    """Split-K count, tuned on an H100 (results/reference/kernels_h100/NOTES.md).
+) -> tuple[int, int]:
+    """Split-K count and the fewest tokens per split, tuned on an H100
+    (results/reference/kernels_h100/NOTES.md).
 
     Equal lengths: one split wherever there are 2 x SMs (sequence, KV head) programs or more
     (the merge pass costs more than a short wave tail), else about 3 x SMs programs in all.
     Ragged batches (mean length under 0.8 x the longest, when the caller knows the mean): cut
     every sequence into pieces of the length that makes about 6 x SMs programs, so the longest
     sequence stops being the critical path. Very long contexts are cut into 8192-token pieces.
-    Each piece keeps at least two tiles.
+    Each piece keeps at least two tiles. The kernel sizes each sequence's splits from its own
+    length (at least the returned minimum), so shorter sequences use fewer of them.
     """
+    piece = 2 * block_n
     if mean_len is not None and mean_len < 0.8 * max_len:
-        piece = max(mean_len * programs / (6 * num_sms), 2 * block_n)
-        want = triton.cdiv(max_len, int(piece))
+        piece = triton.cdiv(int(max(mean_len * programs / (6 * num_sms), piece)), block_n)
+        piece *= block_n
+        want = triton.cdiv(max_len, piece)
     else:
         want = 1 if programs >= 2 * num_sms else max(1, 3 * num_sms // programs)
     want = max(want, triton.cdiv(max_len, 8192))
-    return max(1, min(want, 64, triton.cdiv(max_len, 2 * block_n)))
+    return max(1, min(want, 64, triton.cdiv(max_len, 2 * block_n))), piece
 
 
 def paged_decode(
@@ -252,25 +269,50 @@ def paged_decode(
     """Decode attention: q [num_seqs, num_heads, head_dim] -> out of the same shape.
 
     Args:
-        max_seq_len: an upper bound of seq_lens (read from the GPU when None: a sync).
+        max_seq_len: an upper bound of seq_lens (read from the GPU when None: a sync). Under a
+            CUDA graph, the captured bound; each sequence's splits follow its own length.
         num_tokens: sum of seq_lens, if the caller knows it: ragged batches split better.
         num_splits, block_n, num_warps, num_stages: override the launch heuristics.
     """
     check_pool(q, k_cache, v_cache, block_table, seq_lens)
+    return launch_decode(
+        q, k_cache, v_cache, block_table, seq_lens, scale, out, False,
+        max_seq_len, num_tokens, num_splits, block_n, num_warps, num_stages,
+    )  # fmt: skip
+
+
+def launch_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    index: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None,
+    contiguous: bool,
+    max_seq_len: int | None = None,
+    num_tokens: int | None = None,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """The decode launch shared by the paged (index = block table) and contiguous (index =
+    [num_seqs, 1] first slots, pool viewed with block_size 1) wrappers; inputs checked."""
     num_seqs, num_heads, head_dim = q.shape
-    if seq_lens.shape != (num_seqs,) or block_table.shape[0] != num_seqs:
-        raise ValueError("block_table and seq_lens need one row per query")
+    if seq_lens.shape != (num_seqs,) or index.shape[0] != num_seqs:
+        raise ValueError("block_table (seq_starts) and seq_lens need one row per query")
     out = output_for(q, out)
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     group = num_heads // num_kv_heads
     max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
     block_n = block_n or (32 if head_dim > 128 else 64)
+    min_split = block_n  # an explicit split count really splits
     if num_splits is None:
         mean = num_tokens / num_seqs if num_tokens is not None else None
-        num_splits = default_splits(
+        num_splits, min_split = default_splits(
             num_seqs * num_kv_heads, max_len, block_n, _num_sms(q.device), mean
         )
-    tokens_per_split = triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n
     if num_splits > 1:
         part_acc = torch.empty(
             num_seqs * num_heads * num_splits * head_dim, device=q.device, dtype=torch.float32
@@ -283,15 +325,15 @@ def paged_decode(
         part_acc = part_ml = out
         part_out = out
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        part_out, part_acc, part_ml, q, k_cache, v_cache, block_table, seq_lens,
+        part_out, part_acc, part_ml, q, k_cache, v_cache, index, seq_lens,
         scale * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_table.stride(0), part_out.stride(0), part_out.stride(1), num_heads,
-        tokens_per_split,
+        index.stride(0), part_out.stride(0), part_out.stride(1), num_heads,
+        min_split,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits, CONTIGUOUS=contiguous,
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps or 4, num_stages=num_stages or 3,
     )  # fmt: skip

@@ -47,6 +47,7 @@ def _prefill_kernel(
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    CONTIGUOUS: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -84,7 +85,7 @@ def _prefill_kernel(
         toks = tile + offs_n
         n_mask = toks < hi
         k, v = load_kv_tile(k_head, v_head, bt_row, toks, n_mask, stride_kb, stride_kt,
-                            stride_vb, stride_vt, BLOCK_SIZE, UPCAST)  # fmt: skip
+                            stride_vb, stride_vt, BLOCK_SIZE, CONTIGUOUS, UPCAST)  # fmt: skip
         s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N]
         keep = n_mask[None, :] & (toks[None, :] <= q_pos[:, None])
         s = tl.where(keep, s, float("-inf"))
@@ -129,6 +130,30 @@ def paged_prefill(
             H100 for head_dim 128: 128 x 128 tiles, 8 warps, 3 stages; smaller past 128).
     """
     check_pool(q, k_cache, v_cache, block_table, seq_lens)
+    return launch_prefill(
+        q, k_cache, v_cache, block_table, seq_lens, query_start, scale, out, False,
+        max_query_len, block_m, block_n, num_warps, num_stages,
+    )  # fmt: skip
+
+
+def launch_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    index: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None,
+    contiguous: bool,
+    max_query_len: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """The prefill launch shared by the paged (index = block table) and contiguous (index =
+    [num_seqs, 1] first slots, pool viewed with block_size 1) wrappers; pool checked."""
     num_seqs = seq_lens.shape[0]
     if query_start.dtype != torch.int32 or query_start.shape != (num_seqs + 1,):
         raise ValueError("query_start must be int32 [num_seqs + 1]")
@@ -143,12 +168,13 @@ def paged_prefill(
     num_stages = num_stages or (3 if big else 2)
     grid = (num_seqs, num_heads, triton.cdiv(max_query_len, block_m))
     _prefill_kernel[grid](
-        out, q, k_cache, v_cache, block_table, seq_lens, query_start, scale * LOG2E,
+        out, q, k_cache, v_cache, index, seq_lens, query_start, scale * LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), index.stride(0),
         GROUP=num_heads // k_cache.shape[2], HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
-        BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+        BLOCK_M=block_m, BLOCK_N=block_n, CONTIGUOUS=contiguous,
+        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

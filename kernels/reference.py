@@ -103,10 +103,34 @@ def copy_blocks(k_cache: torch.Tensor, v_cache: torch.Tensor, pairs: torch.Tenso
 
 
 def contiguous_decode(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k_slots: torch.Tensor,
+    v_slots: torch.Tensor,
+    seq_starts: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
-    """q [B, H, D] over contiguous k/v [B, Hkv, L, D]; float32 output."""
+    """Decode over contiguous ranges: sequence i's KV at slots seq_starts[i] + [0, seq_lens[i])
+    of k_slots/v_slots [num_slots, num_kv_heads, head_dim]; float32 output."""
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    for i in range(q.shape[0]):
-        out[i] = _attend(q[i : i + 1], k[i].transpose(0, 1), v[i].transpose(0, 1), scale, None)[0]
+    for i, (a, n) in enumerate(zip(seq_starts.tolist(), seq_lens.tolist())):
+        out[i] = _attend(q[i : i + 1], k_slots[a : a + n], v_slots[a : a + n], scale, None)[0]
+    return out
+
+
+def contiguous_prefill(
+    q: torch.Tensor,
+    k_slots: torch.Tensor,
+    v_slots: torch.Tensor,
+    seq_starts: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal prefill over contiguous ranges (queries as in `paged_prefill`); float32."""
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    qs = query_start.tolist()
+    for i, (a, n) in enumerate(zip(seq_starts.tolist(), seq_lens.tolist())):
+        b, e = qs[i], qs[i + 1]
+        out[b:e] = _attend(q[b:e], k_slots[a : a + n], v_slots[a : a + n], scale, n - (e - b))
     return out

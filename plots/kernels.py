@@ -14,7 +14,7 @@ def kernel_bandwidth(table: pd.DataFrame, stem: Path) -> list[Path]:
     dec = table[
         (table.layout != "copy") & table.tb_per_s.notna() & (table.kernel != "kvbench_tune")
     ]
-    dec = dec[~dec["shape"].astype(str).str.startswith(("ragged", "prefill"))]
+    dec = dec[~dec["shape"].astype(str).str.startswith(("ragged", "prefill", "graph"))]
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     names = dec.kernel + dec.block_size.map(lambda b: "" if pd.isna(b) else f" (block {int(b)})")
     for name, g in dec.assign(name=names).groupby("name", sort=True):

@@ -7,7 +7,7 @@ import torch
 
 from kernels import reference
 from kernels.cache_ops import copy_blocks, write_kv
-from kernels.contiguous import contiguous_decode
+from kernels.contiguous import contiguous_decode, contiguous_prefill, pick_backend, sdpa_decode
 from kernels.paged_decode import paged_decode
 from kernels.paged_prefill import paged_prefill
 from tests.kernels.cases import make_pool, rel_err
@@ -55,10 +55,65 @@ def test_write_kv_and_copy_blocks():
     assert torch.equal(k, k2) and torch.equal(v, v2)
 
 
-def test_contiguous_decode_names_its_backend():
+def slot_space(lens: list[int], kv_heads: int, dtype: torch.dtype, seed: int = 0):
+    """Random K/V slots with each sequence at a random start, gaps between ranges."""
+    g = torch.Generator().manual_seed(seed)
+    starts, pos = [], 1  # slot 0 is the null slot
+    for n in lens:
+        pos += int(torch.randint(0, 9, (1,), generator=g))
+        starts.append(pos)
+        pos += n
+    k = torch.randn(pos + 3, kv_heads, D, generator=g).to(dtype)
+    v = torch.randn(pos + 3, kv_heads, D, generator=g).to(dtype)
+    return k, v, torch.tensor(starts, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_splits", [None, 1, 3])
+def test_contiguous_decode(dtype, num_splits):
+    lens = [1, 17, 70, 40]
+    k, v, starts, seq_lens = slot_space(lens, 2, dtype)
+    q = torch.randn(len(lens), 8, D).to(dtype)
+    out = torch.full_like(q, float("nan"))
+    contiguous_decode(q, k, v, starts, seq_lens, D**-0.5, out=out, num_splits=num_splits,
+                      block_n=16)  # fmt: skip
+    ref = reference.contiguous_decode(q, k, v, starts, seq_lens, D**-0.5)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_decode_splits_follow_gpu_lengths_not_the_host_bound():
+    """A bound far above the real lengths (a CUDA graph captured at a longer maximum) must
+    neither change the result nor leave splits reading past a sequence."""
+    lens = [33, 64, 5]
+    k, v, table, seq_lens = make_pool(lens, 4, 2, D, torch.float32, "cpu")
+    q = torch.randn(len(lens), 4, D)
+    ref = reference.paged_decode(q, k, v, table, seq_lens, D**-0.5)
+    out = paged_decode(q, k, v, table, seq_lens, D**-0.5, max_seq_len=4096, block_n=16)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_contiguous_prefill_plain_and_chunked():
+    ctx, q_lens = [20, 33, 9], [20, 7, 1]
+    k, v, starts, seq_lens = slot_space(ctx, 2, torch.float32, seed=1)
+    q = torch.randn(sum(q_lens), 4, D)
+    qs = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    out = torch.full_like(q, float("nan"))
+    contiguous_prefill(q, k, v, starts, seq_lens, qs, D**-0.5, out=out)
+    ref = reference.contiguous_prefill(q, k, v, starts, seq_lens, qs, D**-0.5)
+    assert not out.isnan().any() and rel_err(out, ref) < 1e-5
+
+
+def test_sdpa_baseline_names_its_backend():
     q, k, v = torch.randn(3, 8, D), torch.randn(3, 2, 24, D), torch.randn(3, 2, 24, D)
-    out, backend = contiguous_decode(q, k, v, D**-0.5)
-    assert rel_err(out, reference.contiguous_decode(q, k, v, D**-0.5)) < 1e-5
+    backend = pick_backend(q, k, v)
+    out = sdpa_decode(q, k, v, D**-0.5, backend)
+    ref = reference.contiguous_decode(
+        q, k.transpose(1, 2).reshape(-1, 2, D), v.transpose(1, 2).reshape(-1, 2, D),
+        torch.arange(0, 72, 24, dtype=torch.int32), torch.full((3,), 24, dtype=torch.int32),
+        D**-0.5,
+    )  # fmt: skip
+    assert rel_err(out, ref) < 1e-5
     assert backend.name in {"CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"}
 
 

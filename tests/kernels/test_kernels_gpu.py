@@ -8,6 +8,7 @@ import torch
 
 from kernels import reference
 from kernels.cache_ops import copy_blocks, write_kv
+from kernels.contiguous import contiguous_decode, contiguous_prefill
 from kernels.paged_decode import paged_decode
 from kernels.paged_prefill import paged_prefill
 from tests.kernels.cases import make_pool, rel_err
@@ -86,3 +87,60 @@ def test_write_kv_and_copy_blocks_at_scale():
     copy_blocks(k, v, pairs)
     reference.copy_blocks(k2, v2, pairs)
     assert torch.equal(k, k2) and torch.equal(v, v2)
+
+
+def slot_space(lens: list[int], kv_heads: int, head_dim: int, seed: int = 0):
+    """Random K/V slots, the ranges placed in random order with gaps, as a static allocator."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lens), generator=g).tolist()
+    starts, pos = [0] * len(lens), 1
+    for i in order:
+        pos += int(torch.randint(0, 64, (1,), generator=g))
+        starts[i] = pos
+        pos += lens[i]
+    k = torch.randn(pos + 1, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    as_gpu = dict(dtype=torch.int32, device="cuda")
+    return k, v, torch.tensor(starts, **as_gpu), torch.tensor(lens, **as_gpu)
+
+
+@pytest.mark.parametrize(("group", "head_dim"), [(4, 128), (1, 64), (8, 256)])
+def test_contiguous_decode_ragged(group, head_dim):
+    lens = [*ragged(20, 6000, group), 16384, 1]
+    k, v, starts, seq_lens = slot_space(lens, 32 // group, head_dim)
+    q = torch.randn(len(lens), 32, head_dim, device="cuda", dtype=torch.bfloat16)
+    out = torch.full_like(q, float("nan"))
+    contiguous_decode(q, k, v, starts, seq_lens, head_dim**-0.5, out=out, num_tokens=sum(lens))
+    ref = reference.contiguous_decode(q, k, v, starts, seq_lens, head_dim**-0.5)
+    assert not out.isnan().any() and rel_err(out, ref) < 1e-2
+
+
+def test_contiguous_prefill_plain_and_chunked():
+    ctx, q_lens = [2048, 1500, 700, 64], [2048, 300, 700, 1]
+    k, v, starts, seq_lens = slot_space(ctx, 8, 128, seed=3)
+    q = torch.randn(sum(q_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
+    qs = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32).cuda()
+    out = torch.full_like(q, float("nan"))
+    contiguous_prefill(q, k, v, starts, seq_lens, qs, 128**-0.5, out=out)
+    ref = reference.contiguous_prefill(q, k, v, starts, seq_lens, qs, 128**-0.5)
+    assert not out.isnan().any() and rel_err(out, ref) < 1e-2
+
+
+def test_decode_graph_replays_with_new_lengths():
+    """Captured at a long maximum, replayed with other lengths and tables: still exact."""
+    lens = [8192] * 16
+    k, v, table, seq_lens = make_pool(lens, 16, 8, 128, torch.bfloat16, "cuda")
+    q = torch.randn(16, 32, 128, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    paged_decode(q, k, v, table, seq_lens, 128**-0.5, out=out, max_seq_len=8192)  # compile
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        paged_decode(q, k, v, table, seq_lens, 128**-0.5, out=out, max_seq_len=8192)
+    for new_lens in ([4096] * 16, ragged(16, 8192, 5)):
+        seq_lens.copy_(torch.tensor(new_lens, dtype=torch.int32))
+        table.copy_(table[torch.randperm(16, device="cuda")])
+        q.normal_()
+        out.fill_(float("nan"))
+        graph.replay()
+        ref = reference.paged_decode(q, k, v, table, seq_lens, 128**-0.5)
+        assert not out.isnan().any() and rel_err(out, ref) < 1e-2
