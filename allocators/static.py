@@ -48,6 +48,7 @@ class _Range:
 
 class StaticAllocator:
     block_size = 1
+    layout = "contiguous"  # one slot range per sequence: GPU backends use contiguous kernels
 
     def __init__(
         self,

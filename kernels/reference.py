@@ -25,7 +25,7 @@ def gather_kv(
     return cache[blocks].reshape(-1, *cache.shape[2:])[:seq_len]
 
 
-def _attend(
+def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal_offset: int | None
 ) -> torch.Tensor:
     """q [nq, H, D], k/v [nk, Hkv, D] -> [nq, H, D] in float32."""
@@ -52,7 +52,7 @@ def paged_decode(
     for i, n in enumerate(seq_lens.tolist()):
         k = gather_kv(k_cache, block_table, n, i)
         v = gather_kv(v_cache, block_table, n, i)
-        out[i] = _attend(q[i : i + 1], k, v, scale, None)[0]
+        out[i] = attend(q[i : i + 1], k, v, scale, None)[0]
     return out
 
 
@@ -77,7 +77,7 @@ def paged_prefill(
         a, b = starts[i], starts[i + 1]
         k = gather_kv(k_cache, block_table, n, i)
         v = gather_kv(v_cache, block_table, n, i)
-        out[a:b] = _attend(q[a:b], k, v, scale, n - (b - a))
+        out[a:b] = attend(q[a:b], k, v, scale, n - (b - a))
     return out
 
 
@@ -114,7 +114,7 @@ def contiguous_decode(
     of k_slots/v_slots [num_slots, num_kv_heads, head_dim]; float32 output."""
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     for i, (a, n) in enumerate(zip(seq_starts.tolist(), seq_lens.tolist())):
-        out[i] = _attend(q[i : i + 1], k_slots[a : a + n], v_slots[a : a + n], scale, None)[0]
+        out[i] = attend(q[i : i + 1], k_slots[a : a + n], v_slots[a : a + n], scale, None)[0]
     return out
 
 
@@ -132,5 +132,5 @@ def contiguous_prefill(
     qs = query_start.tolist()
     for i, (a, n) in enumerate(zip(seq_starts.tolist(), seq_lens.tolist())):
         b, e = qs[i], qs[i + 1]
-        out[b:e] = _attend(q[b:e], k_slots[a : a + n], v_slots[a : a + n], scale, n - (e - b))
+        out[b:e] = attend(q[b:e], k_slots[a : a + n], v_slots[a : a + n], scale, n - (e - b))
     return out

@@ -1,0 +1,224 @@
+"""The `attention` backend: real KV pools on the GPU and real attention kernels, every layer.
+
+Each step, in the order the allocator's outputs require:
+
+    swap out -> swap in -> copies before the step -> for every layer: write the new tokens'
+    K/V (`write_kv`), decode attention, prefill attention -> copies after the step
+
+Paged layouts (paged, prefix) run the paged Triton kernels through the block table; a static
+allocator's contiguous ranges run the contiguous varlen kernels (no block table), so static
+allocation is never timed with a paged kernel. Queries and new K/V are random (the kernels'
+cost does not depend on the values); with `verify`, K/V come from the sequences' token ids
+(a fixed random embedding per layer) and every layer's output is checked against the float32
+reference computed from the tokens - shared, copied and swapped blocks included.
+
+Timing: the step's duration is its wall time, host work included, up to the GPU finishing
+(the engine's clock advances by it). `last_kernel_s` is the GPU time from the first to the
+last kernel (CUDA events); `last_host_s` the rest: bookkeeping and launches not hidden behind
+GPU work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from allocators.base import KVAllocator
+from engine.backends.base import StepBatch
+from engine.backends.kv_pool import KVPool, SeqRows
+from engine.backends.verify import Verifier
+from engine.models import ModelSpec
+from kernels.cache_ops import write_kv
+from kernels.contiguous import contiguous_decode, contiguous_prefill
+from kernels.paged_decode import paged_decode
+from kernels.paged_prefill import paged_prefill
+from workloads.errors import KvbenchError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One step's tensors on the device: tables and lengths of decode rows, then prefills."""
+
+    table: torch.Tensor  # [num_rows, max_blocks] int32 (contiguous: [num_rows, 1] first slots)
+    lens: torch.Tensor  # [num_rows] int32: KV tokens after this step
+    slots: torch.Tensor  # [num_new_tokens] int64: where each new token's K/V goes
+    query_start: torch.Tensor  # [num_prefills + 1] int32, offsets of prefill queries
+    num_decode: int
+    max_decode_len: int
+    decode_tokens: int
+    max_query_len: int
+
+
+class AttentionBackend:
+    name = "attention"
+    multi_step = False
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        allocator: KVAllocator,
+        dtype: str = "bfloat16",
+        verify: bool = False,
+        device: str = "cuda",
+        num_layers: int | None = None,
+        seed: int = 0,
+        kernel: str = "triton",
+        name: str = "attention",
+        gpu: object = None,
+    ) -> None:
+        """
+        Args:
+            num_layers: layers to run (default: the model's); fewer for quick checks.
+            kernel: "triton" (kvbench's paged or contiguous kernels, by the allocator's layout).
+            gpu: a sim profile an experiment overlay may set; unused (the card is timed).
+        """
+        if kernel != "triton":
+            raise KvbenchError(f"backend.kernel must be triton, got {kernel!r}")
+        if dtype not in DTYPES:
+            raise KvbenchError(f"backend.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise KvbenchError("backend=attention needs a CUDA GPU; none is visible here")
+        self.alloc, self.model = allocator, model
+        self.device = torch.device(device)
+        self.contiguous = getattr(allocator, "layout", "paged") == "contiguous"
+        self.kernel = "triton_contiguous" if self.contiguous else "triton_paged"
+        self.num_layers = num_layers or model.num_layers
+        self.dtype = DTYPES[dtype]
+        self.pool = KVPool(
+            self.num_layers, allocator.num_blocks, allocator.block_size, model.num_kv_heads,
+            model.head_dim, self.contiguous, self.dtype, self.device,
+        )  # fmt: skip
+        self.rows = SeqRows(self.device, self.contiguous)
+        self.scale = model.head_dim**-0.5
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self._rand = torch.empty(0, device=self.device, dtype=self.dtype)
+        self.verifier = Verifier(model, self.num_layers, self.dtype, self.device) if verify else None
+        self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        self.last_host_s = self.last_kernel_s = 0.0
+
+    # --- the protocol ----------------------------------------------------------------------
+    def step(self, batch: StepBatch) -> float:
+        t0 = time.perf_counter()
+        pool = self.pool
+        self.rows.release(batch.freed)
+        pool.swap_out(batch.swap_out)
+        pool.swap_in(batch.swap_in)
+        pool.copy(batch.copies_before)
+        b = self._metadata(batch)
+        events = self._events()
+        if events:
+            events[0].record()
+        if b is not None:
+            self._layers(batch, b)
+        pool.copy(batch.copies_after)
+        if events:
+            events[1].record()
+            events[1].synchronize()
+        dt = time.perf_counter() - t0
+        self.last_kernel_s = events[0].elapsed_time(events[1]) * 1e-3 if events else 0.0
+        self.last_host_s = max(dt - self.last_kernel_s, 0.0)
+        return dt
+
+    def stretch(self, *args: object) -> list[float]:
+        raise NotImplementedError("the attention backend runs every step (multi_step is False)")
+
+    # --- one step ----------------------------------------------------------------------------
+    def _metadata(self, batch: StepBatch) -> _Batch | None:
+        """Bring the tables of this step's sequences up to date; build the token layout."""
+        alloc = self.alloc
+        decode = batch.decode_seqs
+        prefills = batch.prefills
+        seqs = [s.seq_id for s in decode] + [s.seq_id for s, _, _ in prefills]
+        if not seqs:
+            return None
+        rows = self.rows.sync(seqs, [alloc.block_table(sid) for sid in seqs])
+        lens = np.fromiter((alloc.num_tokens(sid) for sid in seqs), np.int64, len(seqs))
+        nd = len(decode)
+        starts = np.fromiter((st for _, st, _ in prefills), np.int64, len(prefills))
+        counts = np.fromiter((n for _, _, n in prefills), np.int64, len(prefills))
+        if len(prefills):
+            lens[nd:] = starts + counts  # a chunk attends up to its last query
+        qs = np.zeros(len(prefills) + 1, np.int64)
+        np.cumsum(counts, out=qs[1:])
+        # new tokens: each decode row's last position, then every prefill chunk's positions
+        tok_row = np.concatenate([np.arange(nd), np.repeat(np.arange(nd, len(seqs)), counts)])
+        tok_pos = np.concatenate([lens[:nd] - 1, np.arange(qs[-1]) - np.repeat(qs[:-1] - starts, counts)])
+        host = torch.from_numpy(np.concatenate([rows, lens, qs, tok_row, tok_pos]))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        dev = host.to(self.device, non_blocking=True)
+        n, p = len(seqs), len(prefills)
+        d_rows, d_lens, d_qs = dev[:n], dev[n : 2 * n], dev[2 * n : 2 * n + p + 1]
+        d_row, d_pos = dev[2 * n + p + 1 :].view(2, -1)
+        table = self.rows.table[d_rows]
+        if self.contiguous:
+            slots = table[d_row, 0].long() + d_pos
+        else:
+            bs = self.alloc.block_size
+            slots = table[d_row, d_pos // bs].long() * bs + d_pos % bs
+        return _Batch(
+            table, d_lens.int(), slots, d_qs.int(), nd,
+            int(lens[:nd].max()) if nd else 0, int(lens[:nd].sum()),
+            int(counts.max()) if p else 0,
+        )  # fmt: skip
+
+    def _layers(self, batch: StepBatch, b: _Batch) -> None:
+        q_all, k_new, v_new = self._inputs(batch, b.slots.shape[0])
+        nd = b.num_decode
+        for layer, (k, v) in enumerate(self.pool.layers):
+            if self.verifier is not None:
+                k_new, v_new = self.verifier.new_kv(layer)
+            cache_k, cache_v = (k.unsqueeze(1), v.unsqueeze(1)) if self.contiguous else (k, v)
+            write_kv(k_new, v_new, cache_k, cache_v, b.slots)
+            out = torch.empty_like(q_all)
+            if nd:
+                self._decode(q_all[:nd], k, v, b, out[:nd])
+            if b.max_query_len:
+                self._prefill(q_all[nd:], k, v, b, out[nd:])
+            if self.verifier is not None:
+                self.verifier.check(layer, q_all, out, self.scale)
+
+    def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: _Batch, out) -> None:
+        nd = b.num_decode
+        table, lens = b.table[:nd], b.lens[:nd]
+        hint = dict(out=out, max_seq_len=b.max_decode_len, num_tokens=b.decode_tokens)
+        if self.contiguous:
+            contiguous_decode(q, k, v, table[:, 0], lens, self.scale, **hint)
+        else:
+            paged_decode(q, k, v, table, lens, self.scale, **hint)
+
+    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: _Batch, out) -> None:
+        nd = b.num_decode
+        table, lens = b.table[nd:], b.lens[nd:]
+        hint = dict(out=out, max_query_len=b.max_query_len)
+        if self.contiguous:
+            contiguous_prefill(q, k, v, table[:, 0], lens, b.query_start, self.scale, **hint)
+        else:
+            paged_prefill(q, k, v, table, lens, b.query_start, self.scale, **hint)
+
+    def _inputs(self, batch: StepBatch, num_new: int) -> tuple[torch.Tensor, ...]:
+        """Queries [num_new, heads, dim] and new K/V [num_new, kv_heads, dim] of this step."""
+        m = self.model
+        if self.verifier is not None:
+            return self.verifier.inputs(batch, self.alloc, self.gen)
+        per_token = (m.num_heads + 2 * m.num_kv_heads) * m.head_dim
+        if self._rand.numel() < num_new * per_token:  # random once, sliced every step
+            n = max(num_new, 2 * self._rand.numel() // per_token)
+            self._rand = torch.randn(n * per_token, generator=self.gen, device=self.device)
+            self._rand = self._rand.to(self.dtype)
+        x = self._rand[: num_new * per_token].view(num_new, -1, m.head_dim)
+        return (
+            x[:, : m.num_heads],
+            x[:, m.num_heads : m.num_heads + m.num_kv_heads],
+            x[:, m.num_heads + m.num_kv_heads :],
+        )
+
+    def _events(self) -> list[torch.cuda.Event]:
+        if self.device.type != "cuda":
+            return []
+        return [torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)]
