@@ -87,8 +87,15 @@ def run(out: Path, steps: int, warmup: int) -> pd.DataFrame:
         for layout, bs, alloc in cases:
             r = time_steps(alloc, lens, steps, warmup)
             rows.append(
-                dict(layout=layout, block_size=bs, batch=b, mean_len=float(np.mean(lens)),
-                     max_len=max(lens), card=card, **r)  # fmt: skip
+                dict(
+                    layout=layout,
+                    block_size=bs,
+                    batch=b,
+                    mean_len=float(np.mean(lens)),
+                    max_len=max(lens),
+                    card=card,
+                    **r,
+                )
             )
             print(
                 f"B={b:<4} {layout:<7} block {bs!s:<5} step {r['step_ms']:7.3f} ms  kernels "

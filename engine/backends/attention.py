@@ -97,7 +97,9 @@ class AttentionBackend:
         self.scale = model.head_dim**-0.5
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self._rand = torch.empty(0, device=self.device, dtype=self.dtype)
-        self.verifier = Verifier(model, self.num_layers, self.dtype, self.device) if verify else None
+        self.verifier = (
+            Verifier(model, self.num_layers, self.dtype, self.device) if verify else None
+        )
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.last_host_s = self.last_kernel_s = 0.0
 
@@ -147,7 +149,9 @@ class AttentionBackend:
         np.cumsum(counts, out=qs[1:])
         # new tokens: each decode row's last position, then every prefill chunk's positions
         tok_row = np.concatenate([np.arange(nd), np.repeat(np.arange(nd, len(seqs)), counts)])
-        tok_pos = np.concatenate([lens[:nd] - 1, np.arange(qs[-1]) - np.repeat(qs[:-1] - starts, counts)])
+        tok_pos = np.concatenate(
+            [lens[:nd] - 1, np.arange(qs[-1]) - np.repeat(qs[:-1] - starts, counts)]
+        )
         host = torch.from_numpy(np.concatenate([rows, lens, qs, tok_row, tok_pos]))
         if self.device.type == "cuda":
             host = host.pin_memory()

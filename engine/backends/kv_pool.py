@@ -94,7 +94,9 @@ class KVPool:
         pin = self.device.type == "cuda"
         for name in ("_host_k", "_host_v"):
             old = getattr(self, name)
-            grown = torch.empty((old.shape[0], new, *old.shape[2:]), dtype=old.dtype, pin_memory=pin)
+            grown = torch.empty(
+                (old.shape[0], new, *old.shape[2:]), dtype=old.dtype, pin_memory=pin
+            )
             grown[:, :have] = old
             setattr(self, name, grown)
 
@@ -160,7 +162,9 @@ class SeqRows:
     def _scatter(self, rows: list[int], cols: list[int], vals: list[int]) -> None:
         width = max(cols) + 1
         if width > self.table.shape[1]:
-            self.table = _grown(self.table, self.table.shape[0], max(width, 2 * self.table.shape[1]))
+            self.table = _grown(
+                self.table, self.table.shape[0], max(width, 2 * self.table.shape[1])
+            )
         packed = torch.tensor([rows, cols, vals], dtype=torch.int64)
         if self.device.type == "cuda":
             packed = packed.pin_memory().to(self.device, non_blocking=True)
