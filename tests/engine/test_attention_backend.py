@@ -84,3 +84,32 @@ def test_needs_a_gpu_for_cuda():
 
     with pytest.raises(KvbenchError, match="needs a CUDA GPU"):
         AttentionBackend(TINY, PagedAllocator(4, 4))
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+@pytest.mark.parametrize("name", sorted(ALLOCATORS))
+def test_engine_with_forks_and_preemption(name, preemption):
+    """The engine drives the backend: parallel samples forked at admission, preempted and
+    resumed as groups under a tight pool; every step checked against the tokens."""
+    from engine.scheduler import Engine, EngineLimits
+    from workloads.synthetic import synthetic
+
+    alloc = {
+        "static": lambda: StaticAllocator(200, 48, "oracle", "first_fit"),
+        "paged": lambda: PagedAllocator(14, 4),
+        "prefix": lambda: PrefixAllocator(14, 4),
+    }[name]()
+    wl = synthetic(
+        num_requests=5, seed=2, arrival={"process": "poisson", "rate": 100.0},
+        prompt={"kind": "uniform", "low": 5, "high": 12},
+        output={"kind": "uniform", "low": 6, "high": 14}, n=2, max_seq_len=48,
+        num_prefixes=1, prefix_len=4,
+    )  # fmt: skip
+    backend = AttentionBackend(TINY, alloc, "float32", verify=True, device="cpu", num_layers=1)
+    result = Engine(alloc, backend, EngineLimits(max_num_seqs=8, preemption=preemption)).run(
+        wl.requests
+    )
+    assert len(result.finished) == len(wl.requests)
+    assert backend.verifier.max_err < 1e-4 and backend.verifier.num_checked > 15
+    if name != "static":
+        assert result.num_preemptions > 0
