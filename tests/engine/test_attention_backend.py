@@ -100,7 +100,7 @@ def test_engine_with_forks_and_preemption(name, preemption):
         "prefix": lambda: PrefixAllocator(14, 4),
     }[name]()
     wl = synthetic(
-        num_requests=5, seed=2, arrival={"process": "poisson", "rate": 100.0},
+        max_requests=5, seed=2, arrival={"process": "poisson", "rate": 100.0},
         prompt={"kind": "uniform", "low": 5, "high": 12},
         output={"kind": "uniform", "low": 6, "high": 14}, n=2, max_seq_len=48,
         num_prefixes=1, prefix_len=4,

@@ -39,7 +39,7 @@ WORKLOADS = {
 def test_engine_steps_match_the_token_reference(name, workload, preemption):
     alloc = ALLOCATORS[name]()
     wl = synthetic(
-        num_requests=40, seed=3, arrival={"process": "poisson", "rate": 400.0},
+        max_requests=40, seed=3, arrival={"process": "poisson", "rate": 400.0},
         prompt={"kind": "uniform", "low": 20, "high": 120},
         output={"kind": "uniform", "low": 10, "high": 120}, max_seq_len=256,
         **WORKLOADS[workload],
