@@ -16,6 +16,7 @@ This is the real-kernel counterpart of the PagedAttention paper's Fig. 18b (bloc
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ def azure_lengths(batch: int, seed: int = 0) -> list[int]:
     return [min(reqs[i].prompt_len + reqs[i].output_len, 16384) for i in pick]
 
 
-def time_steps(alloc: KVAllocator, lens: list[int], steps: int, warmup: int) -> dict[str, float]:
+def time_steps(
+    alloc: KVAllocator, lens: list[int], steps: int, warmup: int, graphs: bool
+) -> dict[str, float]:
     """Admit sequences of these lengths, then time decode steps through the backend."""
     grow = steps + warmup
     seqs = [
@@ -52,7 +55,7 @@ def time_steps(alloc: KVAllocator, lens: list[int], steps: int, warmup: int) -> 
     for s in seqs:
         if alloc.allocate(s, s.prompt_len) is None:
             raise RuntimeError("the pool is too small for the batch")
-    backend = AttentionBackend(model_spec("llama3_8b"), alloc)
+    backend = AttentionBackend(model_spec("llama3_8b"), alloc, graphs=graphs, max_seq_len=16384)
     backend.pool.k.normal_()
     backend.pool.v.normal_()
     batch = StepBatch(decode_seqs=seqs, num_decode=len(seqs))
@@ -79,15 +82,18 @@ def run(out: Path, steps: int, warmup: int) -> pd.DataFrame:
     for b in BATCHES:
         lens = azure_lengths(b)
         final = [n + steps + warmup for n in lens]
-        cases: list[tuple[str, int | None, KVAllocator]] = [
-            ("static", None, StaticAllocator(sum(final) + 1, max(final), "oracle", "first_fit"))
-        ]
-        for bs in BLOCK_SIZES:
-            cases.append(("paged", bs, PagedAllocator(sum(cdiv(f, bs) for f in final), bs)))
-        for layout, bs, alloc in cases:
-            r = time_steps(alloc, lens, steps, warmup)
+        cases: list[tuple[str, int | None]] = [("static", None)]
+        cases += [("paged", bs) for bs in BLOCK_SIZES]
+        for (layout, bs), mode in itertools.product(cases, ("graph", "eager")):
+            alloc: KVAllocator = (
+                StaticAllocator(sum(final) + 1, max(final), "oracle", "first_fit")
+                if bs is None
+                else PagedAllocator(sum(cdiv(f, bs) for f in final), bs)
+            )
+            r = time_steps(alloc, lens, steps, warmup, graphs=mode == "graph")
             rows.append(
                 dict(
+                    mode=mode,
                     layout=layout,
                     block_size=bs,
                     batch=b,
@@ -98,13 +104,14 @@ def run(out: Path, steps: int, warmup: int) -> pd.DataFrame:
                 )
             )
             print(
-                f"B={b:<4} {layout:<7} block {bs!s:<5} step {r['step_ms']:7.3f} ms  kernels "
-                f"{r['kernel_ms']:7.3f} ms  host {r['host_ms']:6.3f} ms",
+                f"{mode:<5} B={b:<4} {layout:<7} block {bs!s:<5} step {r['step_ms']:7.3f} ms  "
+                f"kernels {r['kernel_ms']:7.3f} ms  host {r['host_ms']:6.3f} ms",
                 flush=True,
             )
     table = pd.DataFrame(rows)
-    base = table[table.layout == "static"].set_index("batch").kernel_ms
-    table["overhead_vs_contiguous"] = table.kernel_ms / table.batch.map(base) - 1
+    base = table[table.layout == "static"].set_index(["mode", "batch"]).kernel_ms
+    key = pd.MultiIndex.from_frame(table[["mode", "batch"]])
+    table["overhead_vs_contiguous"] = table.kernel_ms.to_numpy() / base.reindex(key).to_numpy() - 1
     table["host_share"] = table.host_ms / table.step_ms
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "attention_overhead.csv", index=False)
@@ -120,14 +127,15 @@ def markdown(table: pd.DataFrame) -> str:
     lines = [
         f"card: {table.card.iloc[0]}; llama3_8b shapes, 32 layers, bf16; median of timed steps",
         "",
-        "| batch (mean len) | layout | block | step ms | kernels ms | host ms | paging overhead |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| mode | batch (mean len) | layout | block | step ms | kernels ms | host ms "
+        "| paging overhead |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in table.itertuples():
         block = "-" if pd.isna(r.block_size) else str(int(r.block_size))
         over = "-" if r.layout == "static" else f"{100 * r.overhead_vs_contiguous:+.1f}%"
         lines.append(
-            f"| {r.batch} ({r.mean_len:.0f}) | {r.layout} | {block} | {r.step_ms:.3f} | "
+            f"| {r.mode} | {r.batch} ({r.mean_len:.0f}) | {r.layout} | {block} | {r.step_ms:.3f} | "
             f"{r.kernel_ms:.3f} | {r.host_ms:.3f} ({100 * r.host_share:.1f}%) | {over} |"
         )
     return "\n".join(lines) + "\n"
@@ -136,7 +144,7 @@ def markdown(table: pd.DataFrame) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/attention_overhead"))
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from allocators.base import KVAllocator
+from allocators.base import KVAllocator, cdiv
 from engine.backends.base import StepBatch
+from engine.backends.decode_graphs import DecodeGraphs
 from engine.backends.kv_pool import KVPool, SeqRows
 from engine.backends.verify import Verifier
 from engine.models import ModelSpec
@@ -49,8 +50,8 @@ class _Batch:
     slots: torch.Tensor  # [num_new_tokens] int64: where each new token's K/V goes
     query_start: torch.Tensor  # [num_prefills + 1] int32, offsets of prefill queries
     num_decode: int
-    max_decode_len: int
-    decode_tokens: int
+    max_decode_len: int  # an upper bound of the decode rows' lengths
+    decode_tokens: int | None  # their sum, when known (ragged batches split better)
     max_query_len: int
 
 
@@ -70,10 +71,14 @@ class AttentionBackend:
         kernel: str = "triton",
         name: str = "attention",
         gpu: object = None,
+        graphs: bool = True,
+        max_seq_len: int | None = None,
     ) -> None:
         """
         Args:
             num_layers: layers to run (default: the model's); fewer for quick checks.
+            graphs: replay decode-only steps from CUDA graphs (one per batch bucket).
+            max_seq_len: the longest sequence, to size the graphs' tables (default: 16384).
             kernel: "triton" (kvbench's paged or contiguous kernels, by the allocator's layout).
             gpu: a sim profile an experiment overlay may set; unused (the card is timed).
         """
@@ -102,6 +107,11 @@ class AttentionBackend:
         )
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.last_host_s = self.last_kernel_s = 0.0
+        self.graphs: DecodeGraphs | None = None
+        if graphs and self.device.type == "cuda":
+            max_len = getattr(allocator, "max_seq_len", None) or max_seq_len or 16384
+            width = 1 if self.contiguous else cdiv(max_len, allocator.block_size)
+            self.graphs = DecodeGraphs(self, width, max_len)
 
     # --- the protocol ----------------------------------------------------------------------
     def step(self, batch: StepBatch) -> float:
@@ -116,7 +126,10 @@ class AttentionBackend:
         if events:
             events[0].record()
         if b is not None:
-            self._layers(batch, b)
+            if self.graphs is not None and self.graphs.fits(b):
+                self._graph_step(batch, b, self.graphs)
+            else:
+                self._layers(batch, b)
         pool.copy(batch.copies_after)
         if events:
             events[1].record()
@@ -172,20 +185,44 @@ class AttentionBackend:
         )  # fmt: skip
 
     def _layers(self, batch: StepBatch, b: _Batch) -> None:
-        q_all, k_new, v_new = self._inputs(batch, b.slots.shape[0])
-        nd = b.num_decode
-        for layer, (k, v) in enumerate(self.pool.layers):
+        """Every layer, eagerly: mixed prefill/decode steps, and all steps when verifying
+        without graphs."""
+        q, k_new, v_new = self._inputs(batch, b.slots.shape[0])
+        for layer in range(self.num_layers):
             if self.verifier is not None:
                 k_new, v_new = self.verifier.new_kv(layer)
-            cache_k, cache_v = (k.unsqueeze(1), v.unsqueeze(1)) if self.contiguous else (k, v)
-            write_kv(k_new, v_new, cache_k, cache_v, b.slots)
-            out = torch.empty_like(q_all)
-            if nd:
-                self._decode(q_all[:nd], k, v, b, out[:nd])
-            if b.max_query_len:
-                self._prefill(q_all[nd:], k, v, b, out[nd:])
+            out = torch.empty_like(q)
+            self.layer(layer, q, k_new, v_new, b, out)
             if self.verifier is not None:
-                self.verifier.check(layer, q_all, out, self.scale)
+                self.verifier.check(layer, q, out, self.scale)
+
+    def _graph_step(self, batch: StepBatch, b: _Batch, graphs: DecodeGraphs) -> None:
+        """A decode-only step replayed from its bucket's CUDA graph (checked when verifying)."""
+        n, ver = b.num_decode, self.verifier
+        if ver is not None:
+            graphs.q[:n] = ver.inputs(batch, self.alloc, self.gen)[0]
+            for layer in range(self.num_layers):
+                k_new, v_new = ver.new_kv(layer)
+                graphs.k[layer, :n], graphs.v[layer, :n] = k_new, v_new
+        graphs.run(b)
+        if ver is not None:
+            for layer in range(self.num_layers):
+                ver.check(layer, graphs.q[:n], graphs.out[layer, :n], self.scale)
+
+    def layer(
+        self, layer: int, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, b: _Batch,
+        out: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """One layer of one step: write the new tokens' K/V, then decode and prefill attention
+        (CUDA-graph safe when b's bounds are fixed and decode_tokens is None)."""
+        k, v = self.pool.layers[layer]
+        cache_k, cache_v = (k.unsqueeze(1), v.unsqueeze(1)) if self.contiguous else (k, v)
+        write_kv(k_new, v_new, cache_k, cache_v, b.slots)
+        nd = b.num_decode
+        if nd:
+            self._decode(q[:nd], k, v, b, out[:nd])
+        if b.max_query_len:
+            self._prefill(q[nd:], k, v, b, out[nd:])
 
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: _Batch, out) -> None:
         nd = b.num_decode

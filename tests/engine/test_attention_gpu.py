@@ -33,10 +33,16 @@ WORKLOADS = {
 }
 
 
-@pytest.mark.parametrize("preemption", ["recompute", "swap"])
-@pytest.mark.parametrize("workload", sorted(WORKLOADS))
-@pytest.mark.parametrize("name", sorted(ALLOCATORS))
-def test_engine_steps_match_the_token_reference(name, workload, preemption):
+CASES = [
+    (name, workload, preemption, True)
+    for name in sorted(ALLOCATORS)
+    for workload in sorted(WORKLOADS)
+    for preemption in ("recompute", "swap")
+] + [(name, "beam=3", "swap", False) for name in sorted(ALLOCATORS)]  # eager, no graphs
+
+
+@pytest.mark.parametrize(("name", "workload", "preemption", "graphs"), CASES)
+def test_engine_steps_match_the_token_reference(name, workload, preemption, graphs):
     alloc = ALLOCATORS[name]()
     wl = synthetic(
         max_requests=40, seed=3, arrival={"process": "poisson", "rate": 400.0},
@@ -44,7 +50,7 @@ def test_engine_steps_match_the_token_reference(name, workload, preemption):
         output={"kind": "uniform", "low": 10, "high": 120}, max_seq_len=256,
         **WORKLOADS[workload],
     )  # fmt: skip
-    backend = AttentionBackend(SMALL, alloc, verify=True)
+    backend = AttentionBackend(SMALL, alloc, verify=True, graphs=graphs)
     engine = Engine(alloc, backend, EngineLimits(max_num_seqs=24, preemption=preemption))
     result = engine.run(wl.requests)
     assert len(result.finished) == len(wl.requests)
@@ -52,4 +58,6 @@ def test_engine_steps_match_the_token_reference(name, workload, preemption):
         assert result.num_preemptions > 0, "the pool is meant to be tight"
     assert backend.verifier.num_checked >= 100 * SMALL.num_layers
     assert backend.verifier.max_err < 1e-2
+    if graphs:
+        assert backend.graphs is not None and backend.graphs.graphs, "no step was replayed"
     alloc.check_invariants()

@@ -15,7 +15,7 @@ def table() -> pd.DataFrame:
         for b in (32, 64)
         for bs in (8, 16, 256)
     ]
-    t = pd.DataFrame(rows).assign(mean_len=1000.0, max_len=4000, card="test card")
+    t = pd.DataFrame(rows).assign(mean_len=1000.0, max_len=4000, card="test card", mode="graph")
     t["step_ms"] = t.kernel_ms * 1.05
     t["host_ms"] = t.step_ms - t.kernel_ms
     base = t[t.layout == "static"].set_index("batch").kernel_ms

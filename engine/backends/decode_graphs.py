@@ -1,0 +1,89 @@
+"""CUDA graphs of decode-only steps: every layer's KV write and decode attention captured once
+per batch-size bucket and replayed, as vLLM does. Without them a small decode step is bound
+by kernel launches (3 per layer), not by the GPU.
+
+    static inputs   table [max_batch, width] int32   lens [max_batch] int32
+                    slots [max_batch] int64           q, k, v: fixed random inputs
+    a step of n sequences replays the graph of the smallest bucket >= n; rows n.. are padding:
+    table row 0 -> the null block, length 1, slot -1 (write_kv skips it)
+
+The kernels size their split-K from the lengths on the GPU, so one capture at the longest
+length the table can hold serves every replay. With verification, k/v (and the outputs) have
+one slice per layer, filled from the tokens before each replay.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from engine.backends.attention import AttentionBackend, _Batch
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16), *range(288, 1025, 32))
+
+
+def bucket(n: int) -> int | None:
+    """The smallest bucket holding n sequences, or None past the largest."""
+    return next((b for b in BUCKETS if b >= n), None)
+
+
+class DecodeGraphs:
+    def __init__(self, backend: AttentionBackend, width: int, max_len: int) -> None:
+        m, dev, dt = backend.model, backend.device, backend.dtype
+        n = BUCKETS[-1]
+        per_layer = backend.num_layers if backend.verifier is not None else 1
+        self.backend, self.width, self.max_len = backend, width, max_len
+        self.table = torch.zeros((n, width), dtype=torch.int32, device=dev)
+        self.lens = torch.ones(n, dtype=torch.int32, device=dev)
+        self.slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        g = backend.gen
+        self.q = torch.randn((n, m.num_heads, m.head_dim), generator=g, device=dev).to(dt)
+        kv = (per_layer, n, m.num_kv_heads, m.head_dim)
+        self.k = torch.randn(kv, generator=g, device=dev).to(dt)
+        self.v = torch.randn(kv, generator=g, device=dev).to(dt)
+        self.out = torch.empty((per_layer, n, m.num_heads, m.head_dim), dtype=dt, device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.mempool = torch.cuda.graph_pool_handle()
+
+    def fits(self, b: _Batch) -> bool:
+        return (
+            b.max_query_len == 0
+            and bucket(b.num_decode) is not None
+            and b.table.shape[1] <= self.width
+            and b.max_decode_len <= self.max_len
+        )
+
+    def run(self, b: _Batch) -> int:
+        """Fill the static inputs from b and replay its bucket's graph; returns the bucket."""
+        n = b.num_decode
+        size = bucket(n)
+        assert size is not None
+        self.table[:n, : b.table.shape[1]] = b.table
+        self.table[n:size] = 0
+        self.lens[:n] = b.lens
+        self.lens[n:size] = 1
+        self.slots[:n] = b.slots
+        self.slots[n:size] = -1
+        graph = self.graphs.get(size)
+        if graph is None:
+            self._layers(size)  # compiles the kernels; rewrites this step's K/V only
+            graph = self.graphs[size] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.mempool):
+                self._layers(size)
+        graph.replay()
+        return size
+
+    def _layers(self, size: int) -> None:
+        from engine.backends.attention import _Batch
+
+        b = _Batch(
+            self.table[:size], self.lens[:size], self.slots[:size], self.lens[:1], size,
+            self.max_len, None, 0,
+        )  # fmt: skip
+        last = self.k.shape[0] - 1
+        for layer in range(self.backend.num_layers):
+            i = min(layer, last)
+            self.backend.layer(layer, self.q[:size], self.k[i, :size], self.v[i, :size], b,
+                               self.out[i, :size])  # fmt: skip
