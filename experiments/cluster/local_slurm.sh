@@ -30,6 +30,7 @@ mkdir -p "$STATE"
 ETC=$STATE/etc MUNGE=$STATE/munge DB=$STATE/mysql SL=$STATE/slurm
 export SLURM_CONF=$ETC/slurm.conf
 PACKAGES=(munge mariadb-server slurmdbd slurmctld slurmd slurm-client)
+POLICY=/usr/sbin/policy-rc.d  # invoke-rc.d asks it whether a package may start its service
 DAEMONS=(slurmd slurmctld slurmdbd mysqld munged)  # stop order; start is the reverse
 NODE=$(hostname -s)
 # shellcheck source-path=SCRIPTDIR source=slurm_conf.sh
@@ -95,19 +96,26 @@ missing_packages() {
 # apt-get install, with services kept from starting system-wide while it runs (a temporary
 # policy-rc.d, as Debian's container images ship one) unless the machine already has a policy.
 install_packages() {
-  local missing policy=/usr/sbin/policy-rc.d added=""
+  local missing added=""
   mapfile -t missing < <(missing_packages)
   ((${#missing[@]})) || return 0
   command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (and no apt-get)"
   say "installing ${missing[*]}"
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
+  local t0=$SECONDS
+  if [[ ! -e $POLICY ]]; then
+    trap 'rm -f "$POLICY"' EXIT
+    trap 'exit 130' INT TERM
+    printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY" && added=1
   fi
   local rc=0
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends "${missing[@]}" >"$STATE/apt.log" 2>&1; } || rc=$?
-  [[ -n $added ]] && rm -f "$policy"
+    --no-install-recommends "${missing[@]}"; } >"$STATE/apt.log" 2>&1 || rc=$?
+  if [[ -n $added ]]; then
+    rm -f "$POLICY"
+    trap - EXIT INT TERM
+  fi
   ((rc == 0)) || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install failed"; }
+  say "installed in $((SECONDS - t0)) s"
 }
 
 # Run a daemon with the marker in its environment, detached from this shell's session.
@@ -170,7 +178,7 @@ cmd_start() {
     cmd_stop || true
     die "start failed"
   fi
-  say "up in $((SECONDS - t0))s: node $NODE, $(nproc) CPUs; $(cmd_env)"
+  say "up in $((SECONDS - t0)) s: node $NODE, $(nproc) CPUs; $(cmd_env)"
 }
 
 # Cancel every job and wait for the queue to drain, so no job step outlives slurmd.
