@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
 from allocators.placement import PlacementName
+from allocators.radix import RadixAllocator
 from allocators.static import ReservationName
+from allocators.vattention import VAttentionAllocator
+from engine.models import model_spec
 from workloads.errors import KvbenchError
 
 
@@ -34,3 +37,24 @@ def paged_allocator(num_slots: int, max_seq_len: int, block_size: int = 16) -> P
 
 def prefix_allocator(num_slots: int, max_seq_len: int, block_size: int = 16) -> PrefixAllocator:
     return PrefixAllocator(_blocks(num_slots, block_size), block_size)
+
+
+def radix_allocator(num_slots: int, max_seq_len: int, block_size: int = 1) -> RadixAllocator:
+    return RadixAllocator(_blocks(num_slots, block_size), block_size)
+
+
+def vattention_allocator(
+    num_slots: int, max_seq_len: int, page_kib: int = 2048, model: str = "llama3_8b"
+) -> VAttentionAllocator:
+    """Pages of page_kib KiB in each layer's K and V buffers: page bytes / (kv_heads x head_dim
+    x dtype bytes) tokens per page (llama3_8b: 1024 at 2 MiB, 32 at 64 KiB)."""
+    spec = model_spec(model)
+    token_bytes = spec.kv_bytes_per_token // (2 * spec.num_layers)  # one K (or V) buffer
+    page_bytes = page_kib * 1024
+    if page_kib < 1 or page_bytes % token_bytes:
+        raise KvbenchError(
+            f"allocator.page_kib={page_kib}: a page must hold whole tokens of {token_bytes} "
+            f"bytes ({model}, one layer's K or V)"
+        )
+    tokens = page_bytes // token_bytes
+    return VAttentionAllocator(_blocks(num_slots, tokens), tokens, max_seq_len, page_bytes)

@@ -19,7 +19,7 @@ from engine.backends.base import Backend
 from engine.metrics import request_columns, summarize
 from engine.models import GIB, ModelSpec, model_spec
 from engine.scheduler import Engine, EngineLimits
-from experiments import identity, results
+from experiments import identity, results, systems
 from workloads.errors import KvbenchError
 from workloads.request import Workload
 
@@ -119,7 +119,8 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     _warn_if_clipped(workload, cfg.max_seq_len)
     spec = model_spec(cfg.model.name)
     num_slots = capacity_slots(cfg, workload)
-    alloc: KVAllocator = build(cfg.allocator, num_slots=num_slots, max_seq_len=cfg.max_seq_len)
+    alloc_cfg, system = systems.split(cfg.allocator)
+    alloc: KVAllocator = build(alloc_cfg, num_slots=num_slots, max_seq_len=cfg.max_seq_len)
     backend = build_backend(cfg, spec, alloc)
     limits = EngineLimits(**cfg.engine)
     with tqdm(
@@ -135,7 +136,8 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     steps, reqs = result.steps.columns(), request_columns(result.finished)
     summary = {
         "experiment": cfg.experiment_name,
-        "allocator": _allocator_name(alloc),
+        "allocator": type(alloc).__name__.removesuffix("Allocator").lower(),
+        **system,
         "block_size": alloc.block_size,
         "reservation": getattr(alloc, "reservation", None),
         "placement": getattr(alloc, "placement", None),
@@ -202,12 +204,6 @@ def _block_hit_rate(reqs: dict[str, np.ndarray], block_size: int) -> float:
     hits = np.minimum(reqs["cached_tokens"], reqs["prompt_tokens"]) // block_size
     refs = -(-reqs["prompt_tokens"] // block_size)
     return float(hits.sum() / refs.sum()) if refs.sum() else 0.0
-
-
-def _allocator_name(alloc: KVAllocator) -> str:
-    return {"StaticAllocator": "static", "PagedAllocator": "paged", "PrefixAllocator": "prefix"}[
-        type(alloc).__name__
-    ]
 
 
 def _check_drained(alloc: KVAllocator) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from experiments import sweeps
+from experiments import sweeps, systems
 from workloads.errors import KvbenchError, exits_cleanly
 
 PAPER: dict[str, dict[str, dict[str, float]]] = {
@@ -64,7 +64,6 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
         "mooncake_synth": {"prefix_block_hit_rate": 64.0},
     },
 }
-SYSTEM_ORDER = ["orca_max", "orca_pow2", "orca_oracle", "paged", "prefix"]
 PERCENT = {"share_", "block_saving", "prefix_hit_rate", "prefix_block_hit_rate"}
 METRICS = {
     **{
@@ -92,6 +91,8 @@ METRICS = {
 KEYS = [
     "experiment",
     "system",
+    "label",
+    "rank",
     "allocator",
     "reservation",
     "placement",
@@ -107,12 +108,15 @@ KEYS = [
 
 
 def system_of(s: dict[str, Any]) -> str:
-    """The name a run goes by in the paper's figures."""
+    """The name a run goes by in tables and the paper's figures: its allocator's system name
+    (experiments/systems.py), or what the experiment compares."""
     if s.get("experiment") == "sharing":
         return f"n{s['n']}" if s["n"] > 1 else f"beam{s['beam_width']}"
     if s.get("experiment") == "mooncake_prefix":
         return s["workload"]
-    if s["allocator"] == "static":
+    if s.get("system"):
+        return str(s["system"])
+    if s["allocator"] == "static":  # summaries from before allocator configs named systems
         return f"orca_{s['reservation']}"
     return str(s["allocator"])
 
@@ -129,8 +133,9 @@ def collect(root: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(root.rglob("summary.json")):
         s = json.loads(path.read_text())
-        base = {k: s.get(k) for k in KEYS if k != "system"}
+        base = {k: s.get(k) for k in KEYS if k not in ("system", "label", "rank")}
         base["system"] = system_of(s)
+        base["label"], base["rank"] = systems.label_rank(base["system"], s)
         base["run"] = str(path.parent.relative_to(root))
         for metric, unit in METRICS.items():
             v = s.get(metric)
@@ -190,12 +195,9 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def _ordered(g: pd.DataFrame) -> pd.DataFrame:
-    """Systems in the paper's order, then runs in job order (numerically where numbered)."""
-    rank = {s: i for i, s in enumerate(SYSTEM_ORDER)}
+    """Systems by their configs' rank, then runs in job order (numerically where numbered)."""
     num = pd.to_numeric(g.run.str.rsplit("/", n=1).str[-1], errors="coerce")
-    return g.assign(_r=g.system.map(lambda s: rank.get(s, 99)), _n=num).sort_values(
-        ["_r", "workload", "_n", "run"]
-    )
+    return g.assign(_n=num).sort_values(["rank", "workload", "_n", "run"])
 
 
 def write_report(root: Path) -> pd.DataFrame:

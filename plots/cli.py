@@ -29,7 +29,7 @@ def plot_all(root: Path) -> list[Path]:
             if (root / r.run / "steps.parquet").exists()
         }
         if steps:
-            paths += memory.timeline(steps, out / "batch_and_memory_over_time")
+            paths += memory.timeline(steps, table, out / "batch_and_memory_over_time")
     if "block_size" in experiments:
         paths += memory.block_size(table, out / "block_size")
     if "request_rate" in experiments:

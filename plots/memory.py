@@ -17,20 +17,18 @@ PARTS = [
     ("external_frag", "external frag.", "#c0504d"),
     ("free", "free", "#d9d9d9"),
 ]
-LABEL = {
-    "orca_max": "Orca (Max)",
-    "orca_pow2": "Orca (Pow2)",
-    "orca_oracle": "Orca (Oracle)",
-    "paged": "vLLM (paged)",
-    "prefix": "vLLM (prefix)",
-}
-ORDER = list(LABEL)
+
+
+def _systems(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(system, label) of the table's runs, in their allocator configs' order."""
+    first = table.sort_values("rank").drop_duplicates("system")
+    return list(zip(first.system, first.label))
 
 
 def _wide(table: pd.DataFrame, experiment: str) -> pd.DataFrame:
     """One row per run of an experiment, one column per metric."""
     g = table[table.experiment == experiment]
-    keys = ["system", "workload", "block_size", "kv_budget_gib", "request_rate"]
+    keys = ["system", "label", "rank", "workload", "block_size", "kv_budget_gib", "request_rate"]
     rows = [
         {"run": run, **{k: r[k].iloc[0] for k in keys}, **dict(zip(r.metric, r.value))}
         for run, r in g.groupby("run")
@@ -42,7 +40,8 @@ def fig2_bars(table: pd.DataFrame, stem: Path) -> list[Path]:
     """Fig.-2-style stacked bars: where KV memory goes, measured beside the paper."""
     w = _wide(table, "vllm_fig2")
     paper = table[(table.experiment == "vllm_fig2") & table.paper.notna()]
-    systems = [s for s in ORDER if s in set(w.system)]
+    named = _systems(w)
+    systems = [s for s, _ in named]
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
     x = np.arange(len(systems))
     for offset, source in ((-0.2, "measured"), (0.2, "paper")):
@@ -79,7 +78,7 @@ def fig2_bars(table: pd.DataFrame, stem: Path) -> list[Path]:
                 va="bottom",
                 fontsize=7,
             )
-    ax.set_xticks(x, [LABEL[s] for s in systems])
+    ax.set_xticks(x, [label for _, label in named])
     ax.set_ylabel("share of KV memory (%)")
     ax.set_ylim(0, 112)
     ax.set_title("KV memory use, saturated steps (left: kvbench, right hatched: paper)")
@@ -92,14 +91,15 @@ def _paper(paper: pd.DataFrame, system: str, metric: str) -> float:
     return float(hit.paper.iloc[0]) if len(hit) else np.nan
 
 
-def timeline(runs: dict[str, pd.DataFrame], stem: Path) -> list[Path]:
-    """Batch size and token-state share over time, one line per system."""
+def timeline(runs: dict[str, pd.DataFrame], table: pd.DataFrame, stem: Path) -> list[Path]:
+    """Batch size and token-state share over time, one line per system (runs: system ->
+    its steps table; table: the report table, for labels and order)."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 4.0), sharex=True)
-    for system in [s for s in ORDER if s in runs]:
+    for system, label in _systems(table[table.system.isin(list(runs))]):
         steps = runs[system]
         t = steps.time_s.to_numpy()
-        top.plot(t, steps.num_running_reqs, lw=0.8, label=LABEL[system])
-        bottom.plot(t, 100 * steps.token_states / steps.capacity, lw=0.8, label=LABEL[system])
+        top.plot(t, steps.num_running_reqs, lw=0.8, label=label)
+        bottom.plot(t, 100 * steps.token_states / steps.capacity, lw=0.8, label=label)
     top.set_ylabel("running requests")
     bottom.set_ylabel("token states (% of KV)")
     bottom.set_xlabel("simulated time (s)")
@@ -130,9 +130,9 @@ def latency_vs_rate(table: pd.DataFrame, stem: Path) -> list[Path]:
     """Mean normalized latency (s per output token) against request rate, per system."""
     w = _wide(table, "request_rate").sort_values("request_rate")
     fig, ax = plt.subplots(figsize=(4.2, 2.8))
-    for system in [s for s in ORDER if s in set(w.system)]:
+    for system, label in _systems(w):
         g = w[w.system == system]
-        ax.plot(g.request_rate, g.mean_normalized_latency_s, marker="o", ms=3, label=LABEL[system])
+        ax.plot(g.request_rate, g.mean_normalized_latency_s, marker="o", ms=3, label=label)
     ax.set_xlabel("request rate (requests/s)")
     ax.set_ylabel("normalized latency (s/token)")
     ax.set_yscale("log")

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from allocators import PagedAllocator
 from engine.backends.sim import GpuProfile
 from engine.models import model_spec
+from experiments import systems
 from experiments.job import build_backend, build_workload
 
 CONF = Path(__file__).parents[2] / "experiments" / "conf"
@@ -28,8 +29,10 @@ def cfg_with(*overrides: str):
 @pytest.mark.parametrize("name", options("allocator"))
 def test_allocators_build(name):
     cfg = cfg_with(f"allocator={name}")
-    alloc = instantiate(cfg.allocator, num_slots=40_000, max_seq_len=cfg.max_seq_len)
+    node, system = systems.split(cfg.allocator)
+    alloc = instantiate(node, num_slots=40_000, max_seq_len=cfg.max_seq_len)
     assert alloc.capacity <= 40_000 and alloc.usage().free == alloc.capacity
+    assert systems.known()[system["system"]] == (system["system_label"], system["system_rank"])
 
 
 @pytest.mark.parametrize("name", options("workload"))
