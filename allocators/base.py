@@ -171,6 +171,12 @@ class KVAllocator(Protocol):
 
     def free(self, seq_id: int) -> None: ...
 
+    def abort(self, seq_ids: Sequence[int]) -> None:
+        """Free sequences whose admission in this step is rolled back (a group that did not
+        fit whole): their new KV is never written, so none of it may stay hittable in a
+        prefix cache. What they found already in KV (prefix hits) stays cached."""
+        ...
+
     def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
         """Free the device blocks of a group of sequences; return how to keep them on host."""
         ...

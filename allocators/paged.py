@@ -40,6 +40,7 @@ class _Seq:
     final_len: int
     room: int  # len(table) * block_size
     hashes: list[int] = field(default_factory=list)  # prefix sharing: chain of full blocks
+    num_found: int = 0  # leading blocks it found in KV (prefix hits, a fork's parent blocks)
 
 
 class PagedAllocator:
@@ -269,7 +270,9 @@ class PagedAllocator:
             self._shared_tail.setdefault(p.table[-1], {parent_id}).add(child.seq_id)
         for b in p.table:
             self._ref[b] += 1
-        st = _Seq(list(p.table), p.num_tokens, child.final_len, p.room, list(p.hashes))
+        st = _Seq(
+            list(p.table), p.num_tokens, child.final_len, p.room, list(p.hashes), len(p.table)
+        )
         self._seqs[child.seq_id] = st
         self._logical += st.num_tokens
         self._logical_blocks += len(st.table)
@@ -296,6 +299,14 @@ class PagedAllocator:
                 self.block_size - self._tail_fill(st) if tail_freed else 0
             )
         self._release(freed)
+
+    def abort(self, seq_ids: Sequence[int]) -> None:
+        self._forget(seq_ids)
+        for sid in seq_ids:
+            self.free(sid)
+
+    def _forget(self, seq_ids: Sequence[int]) -> None:
+        """Prefix caching drops what the sequences registered (see `abort`)."""
 
     def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
         host: dict[int, int] = {}  # device block -> host block, in order of first use

@@ -12,13 +12,15 @@ token is always computed, its logits are needed.
 A block leaves the cache only when it is popped from the front of the free queue for reuse.
 A hit on a free cached block takes it out of the queue (refcount 0 -> 1). Full blocks are
 registered as they fill, prompt and output alike; a recomputed block whose hash is already
-cached is registered too (nothing is deduplicated), and a lookup takes the oldest.
+cached is registered too (nothing is deduplicated), and a lookup takes the oldest. Blocks are
+registered when allocated, before their KV is written; `abort` (an admission rolled back in
+its step) therefore unregisters the blocks the sequence took, keeping only those it found.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 from allocators.base import Allocation, SeqLike, cdiv
 from allocators.paged import PagedAllocator, _Seq
@@ -37,13 +39,24 @@ class PrefixAllocator(PagedAllocator):
 
     def _pop_free(self) -> int:
         b, _ = self._free.popitem(last=False)
+        self._uncache(b)
+        return b
+
+    def _uncache(self, b: int) -> None:
         meta = self._meta.pop(b, None)
-        if meta is not None:  # evict
+        if meta is not None:
             blocks = self._cached[meta[0]]
             blocks.remove(b)
             if not blocks:
                 del self._cached[meta[0]]
-        return b
+
+    def _forget(self, seq_ids: Sequence[int]) -> None:
+        # NOTE: blocks past the ones a sequence found were taken by its admission in this
+        # step and registered before their KV is written; aborted, it will never be written
+        for sid in seq_ids:
+            st = self._seqs[sid]
+            for b in st.table[st.num_found :]:
+                self._uncache(b)
 
     def _pop_many(self, n: int) -> list[int]:
         return [self._pop_free() for _ in range(n)]
@@ -99,7 +112,7 @@ class PrefixAllocator(PagedAllocator):
         for b in hits:
             self._ref[b] += 1
         num_cached = len(hits) * bs
-        st = _Seq(hits + self._take(need), num_cached, seq.final_len, 0, hashes)
+        st = _Seq(hits + self._take(need), num_cached, seq.final_len, 0, hashes, len(hits))
         st.room = len(st.table) * bs
         self._seqs[seq.seq_id] = st
         self._logical += num_cached

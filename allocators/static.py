@@ -184,6 +184,10 @@ class StaticAllocator:
             self._undo.clear()
         self._admitting = []
 
+    def abort(self, seq_ids: Sequence[int]) -> None:
+        for sid in seq_ids:
+            self.free(sid)
+
     def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
         """One host run per sequence: its stored tokens (host blocks are slots here too)."""
         plan: list[Run] = []

@@ -159,8 +159,7 @@ class GroupMemory:
         return True
 
     def _undo(self, seqs: list[Seq]) -> bool:
-        for s in seqs:
-            self.alloc.free(s.seq_id)
+        self.alloc.abort([s.seq_id for s in seqs])
         return False
 
     # --- preemption ------------------------------------------------------------------------

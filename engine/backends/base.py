@@ -14,7 +14,10 @@ A backend applies a batch in this order (each list in its own order):
                       swap-in growth, beam forks of the previous step
     5. writes         each decode sequence writes its newest token's K/V at position
                       num_tokens - 1; each prefill (seq, start, n) writes positions
-                      [start, start + n); then attention for those queries
+                      [start, start + n); then attention for those queries. Per layer,
+                      every write comes before any attention: a prefill may find its prefix
+                      in blocks another prefill of the same step writes (a prefix hit on a
+                      block registered this step), as in vLLM
     6. copies_after   forks made at admission: their source is this step's prefill
 
 Units are the allocator's blocks (a static allocator's block is one slot, its "table" a

@@ -59,6 +59,32 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert self.a.num_tokens(s.seq_id) == prompt
         assert 0 <= out.num_cached_tokens < prompt
 
+    @rule(
+        prompt=st.integers(1, MAX_SEQ_LEN // 2),
+        prefix=st.sampled_from([0, 8, 16]),
+        num_children=st.integers(0, 2),
+    )
+    def admit_and_abort(self, prompt, prefix, num_children):
+        """A group admission rolled back: no change, and nothing new stays hittable."""
+        s = seq(self._new_id(), prompt, MAX_SEQ_LEN // 2, shared_prefix=prefix)
+        before = self._snapshot()
+        found = self._hittable(s)
+        if self.a.allocate(s, prompt) is None:
+            return
+        group = [s]
+        for _ in range(num_children):
+            c = child(s, self._new_id(), prompt, MAX_SEQ_LEN // 2)
+            if self.a.fork(s.seq_id, c) is not None:
+                group.append(c)
+        self.a.abort([g.seq_id for g in group])
+        assert self._snapshot() == before, "an aborted admission changed state"
+        assert self._hittable(s) <= found, "an aborted admission left KV hittable"
+
+    def _hittable(self, s) -> int:
+        if not isinstance(self.a, PrefixAllocator):
+            return 0
+        return len(self.a._lookup(s, s.prompt_len // self.a.block_size)[0])
+
     @precondition(lambda self: self.live)
     @rule(data=st.data(), k=st.integers(1, 3))
     def grow(self, data, k):
