@@ -54,6 +54,7 @@ class _Seq:
     num_tokens: int
     final_len: int
     tokens: RunSource
+    mark: int = 0  # tree nodes numbered from here on were made by its admission (`abort`)
 
 
 class RadixAllocator:
@@ -139,13 +140,14 @@ class RadixAllocator:
             raise ValueError(f"sequence {seq.seq_id}: admission needs at least one token")
         tokens = cast(RunSource, seq.tokens)
         max_hit = n - 1 if n >= seq.prompt_len else n
+        mark = self.tree.next_node_id
         node, cached, _ = self.tree.match(tokens.runs(0, max_hit))
         self.tree.lock(node)
         own = self._take(cdiv(n - cached, self.block_size))
         if own is None:
             self.tree.unlock(node)
             return None
-        st = _Seq(node, cached, own, n, seq.final_len, tokens)
+        st = _Seq(node, cached, own, n, seq.final_len, tokens, mark)
         self._seqs[seq.seq_id] = st
         self._add(st, 1)
         self._publish(st)
@@ -244,7 +246,7 @@ class RadixAllocator:
         assert own is not None  # publishing freed blocks or locked evictable ones: room stays
         self.tree.lock(p.node)
         st = _Seq(p.node, p.cached, own, p.num_tokens, child.final_len,
-                  cast(RunSource, child.tokens))  # fmt: skip
+                  cast(RunSource, child.tokens), p.mark)  # fmt: skip
         self._seqs[child.seq_id] = st
         self._add(st, 1)
         copies = ((p.own[0], own[0], 1),) if tail else ()
@@ -257,6 +259,17 @@ class RadixAllocator:
         self._add(st, -1)
         self._free.extend(st.own)
         self.tree.unlock(st.node)
+
+    def abort(self, seq_ids: Sequence[int]) -> None:
+        """Unlike `free`, publishes nothing, and takes back out of the tree the blocks their
+        admission put there: their KV was never written."""
+        states = [self._seqs.pop(sid) for sid in seq_ids]
+        for st in states:
+            self._add(st, -1)
+            self._free.extend(st.own)
+            self.tree.unlock(st.node)
+        for st in states:
+            self.tree.drop_new_leaves(st.node, st.mark)
 
     def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
         return radix_swap.swap_out(self, seq_ids)

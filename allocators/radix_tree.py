@@ -183,6 +183,27 @@ class RadixTree:
             self._delete_leaf(node)
         return freed
 
+    @property
+    def next_node_id(self) -> int:
+        """The id the next node made (inserted or split off) gets; ids only grow."""
+        return self._next_id
+
+    def drop_new_leaves(self, node: Node, mark: int) -> None:
+        """Delete node and its ancestors while each is an unlocked leaf numbered from `mark`
+        on: what an admission inserted, undone (a split-off node keeps a child: it stays)."""
+        while (
+            node is not self.root
+            and not node.deleted
+            and node.node_id >= mark
+            and not node.lock_ref
+            and not node.children
+        ):
+            parent = node.parent
+            assert parent is not None
+            self._release(node.block_ids)
+            self._delete_leaf(node)
+            node = parent
+
     # --- internals ---------------------------------------------------------------------------
     def _node(self, key: Key, block_ids: list[int], parent: Node) -> Node:
         self._num_nodes += 1

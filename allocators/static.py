@@ -185,8 +185,10 @@ class StaticAllocator:
         self._admitting = []
 
     def abort(self, seq_ids: Sequence[int]) -> None:
+        """A refused group admission: its free slots stay stranded, as after any refusal."""
         for sid in seq_ids:
             self.free(sid)
+        self._blocked = True
 
     def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
         """One host run per sequence: its stored tokens (host blocks are slots here too)."""

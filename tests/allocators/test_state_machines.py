@@ -81,9 +81,12 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert self._hittable(s) <= found, "an aborted admission left KV hittable"
 
     def _hittable(self, s) -> int:
-        if not isinstance(self.a, PrefixAllocator):
-            return 0
-        return len(self.a._lookup(s, s.prompt_len // self.a.block_size)[0])
+        """Leading blocks of s's prompt a lookup finds (a radix match only splits edges)."""
+        if isinstance(self.a, RadixAllocator):
+            return self.a.tree.match(s.tokens.runs(0, s.prompt_len))[1] // self.a.block_size
+        if isinstance(self.a, PrefixAllocator):
+            return len(self.a._lookup(s, s.prompt_len // self.a.block_size)[0])
+        return 0
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), k=st.integers(1, 3))
