@@ -102,6 +102,7 @@ class AttentionBackend:
         self.scale = model.head_dim**-0.5
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self._rand = torch.empty(0, device=self.device, dtype=self.dtype)
+        self._staging = torch.empty(0, dtype=torch.int64)
         self.verifier = (
             Verifier(model, self.num_layers, self.dtype, self.device) if verify else None
         )
@@ -109,7 +110,7 @@ class AttentionBackend:
         self.last_host_s = self.last_kernel_s = 0.0
         self.graphs: DecodeGraphs | None = None
         if graphs and self.device.type == "cuda":
-            max_len = getattr(allocator, "max_seq_len", None) or max_seq_len or 16384
+            max_len = max_seq_len or getattr(allocator, "max_seq_len", None) or 16384
             width = 1 if self.contiguous else cdiv(max_len, allocator.block_size)
             self.graphs = DecodeGraphs(self, width, max_len)
 
@@ -151,8 +152,7 @@ class AttentionBackend:
         seqs = [s.seq_id for s in decode] + [s.seq_id for s, _, _ in prefills]
         if not seqs:
             return None
-        rows = self.rows.sync(seqs, [alloc.block_table(sid) for sid in seqs])
-        lens = np.fromiter((alloc.num_tokens(sid) for sid in seqs), np.int64, len(seqs))
+        rows, lens = self.rows.sync(seqs, alloc)
         nd = len(decode)
         starts = np.fromiter((st for _, st, _ in prefills), np.int64, len(prefills))
         counts = np.fromiter((n for _, _, n in prefills), np.int64, len(prefills))
@@ -165,10 +165,7 @@ class AttentionBackend:
         tok_pos = np.concatenate(
             [lens[:nd] - 1, np.arange(qs[-1]) - np.repeat(qs[:-1] - starts, counts)]
         )
-        host = torch.from_numpy(np.concatenate([rows, lens, qs, tok_row, tok_pos]))
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        dev = host.to(self.device, non_blocking=True)
+        dev = self._to_device(np.concatenate([rows, lens, qs, tok_row, tok_pos]))
         n, p = len(seqs), len(prefills)
         d_rows, d_lens, d_qs = dev[:n], dev[n : 2 * n], dev[2 * n : 2 * n + p + 1]
         d_row, d_pos = dev[2 * n + p + 1 :].view(2, -1)
@@ -258,6 +255,17 @@ class AttentionBackend:
             x[:, m.num_heads : m.num_heads + m.num_kv_heads],
             x[:, m.num_heads + m.num_kv_heads :],
         )
+
+    def _to_device(self, host: np.ndarray) -> torch.Tensor:
+        """One copy of this step's host metadata to the device, through a pinned buffer
+        (free to reuse: every step ends with a synchronize)."""
+        if self.device.type != "cuda":
+            return torch.from_numpy(host)
+        if self._staging.numel() < host.size:
+            self._staging = torch.empty(2 * host.size, dtype=torch.int64, pin_memory=True)
+        stage = self._staging[: host.size]
+        stage.numpy()[:] = host
+        return stage.to(self.device, non_blocking=True)
 
     def _events(self) -> list[torch.cuda.Event]:
         if self.device.type != "cuda":

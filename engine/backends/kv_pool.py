@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from allocators.base import Run
+from allocators.base import KVAllocator, Run
 
 
 def run_index(runs: Sequence[Run], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,14 +117,19 @@ class SeqRows:
             if row is not None:
                 self._free.append(row)
 
-    def sync(self, seq_ids: Sequence[int], tables: Sequence[Sequence[int]]) -> np.ndarray:
-        """Rows of these sequences, their tables brought up to date on the GPU."""
+    def sync(self, seq_ids: Sequence[int], alloc: KVAllocator) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of these sequences, their tables brought up to date on the GPU, and the
+        tokens each holds."""
         rows = np.empty(len(seq_ids), dtype=np.int64)
+        lens = np.empty(len(seq_ids), dtype=np.int64)
         upd_rows: list[int] = []
         upd_cols: list[int] = []
         upd_vals: list[int] = []
         row_of, known, contiguous = self._row, self._known, self.contiguous
-        for i, (sid, table) in enumerate(zip(seq_ids, tables)):
+        block_table, num_tokens = alloc.block_table, alloc.num_tokens
+        for i, sid in enumerate(seq_ids):
+            table = block_table(sid)
+            lens[i] = num_tokens(sid)
             row = row_of.get(sid)
             if row is None:
                 row = row_of[sid] = self._new_row()
@@ -149,7 +154,7 @@ class SeqRows:
             known[row] = (len(table), table[-1])
         if upd_rows:
             self._scatter(upd_rows, upd_cols, upd_vals)
-        return rows
+        return rows, lens
 
     def _new_row(self) -> int:
         if not self._free:
@@ -165,9 +170,7 @@ class SeqRows:
             self.table = _grown(
                 self.table, self.table.shape[0], max(width, 2 * self.table.shape[1])
             )
-        packed = torch.tensor([rows, cols, vals], dtype=torch.int64)
-        if self.device.type == "cuda":
-            packed = packed.pin_memory().to(self.device, non_blocking=True)
+        packed = torch.tensor([rows, cols, vals], dtype=torch.int64, device=self.device)
         self.table[packed[0], packed[1]] = packed[2].to(torch.int32)
 
 

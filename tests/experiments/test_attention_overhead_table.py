@@ -32,5 +32,6 @@ def test_markdown_reports_overhead_and_host_share():
 
 
 def test_figure_is_written(tmp_path):
-    paths = attention_overhead(table(), tmp_path / "fig")
+    both = pd.concat([table(), table().assign(mode="eager")])
+    paths = attention_overhead(both, tmp_path / "fig")
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
