@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+MAX_SPLITS = 64
 
 
 @triton.jit
@@ -78,13 +79,14 @@ def _decode_kernel(
     stride_os,
     stride_oh,
     num_heads,
+    num_splits,  # programs along axis 2 (a run-time value: no recompile per split count)
     min_tokens_per_split,  # a multiple of BLOCK_N
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT: tl.constexpr,  # num_splits > 1: write partial results for the merge kernel
     CONTIGUOUS: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -95,7 +97,7 @@ def _decode_kernel(
     # NOTE: each sequence's split size comes from its own length on the GPU, not from a host
     # maximum, so a CUDA graph captured at a long maximum keeps every split busy on replay.
     tokens_per_split = tl.maximum(
-        tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N, min_tokens_per_split
+        tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, min_tokens_per_split
     )
     start = split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, seq_len)
@@ -134,7 +136,7 @@ def _decode_kernel(
         m = m_new
 
     g_rows = (seq * stride_os + heads * stride_oh)[:, None]
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         out = acc / l_sum[:, None]
         tl.store(
             out_ptr + g_rows + offs_d[None, :],
@@ -142,7 +144,7 @@ def _decode_kernel(
             mask=g_mask[:, None],
         )
     else:
-        part = (seq * num_heads + heads) * NUM_SPLITS + split  # partial results are contiguous
+        part = (seq * num_heads + heads) * num_splits + split  # partial results are contiguous
         tl.store(
             part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=g_mask[:, None]
         )
@@ -158,15 +160,15 @@ def _merge_kernel(
     num_heads,
     stride_os,
     stride_oh,
+    num_splits,
     HEAD_DIM: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # >= num_splits (one compile serves every split count)
 ):
     row = tl.program_id(0)  # seq * num_heads + head
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
-    s_mask = offs_s < NUM_SPLITS
-    base = row * NUM_SPLITS + offs_s
+    s_mask = offs_s < num_splits
+    base = row * num_splits + offs_s
     m = tl.load(part_ml_ptr + base * 2, mask=s_mask, other=float("-inf"))
     l_sum = tl.load(part_ml_ptr + base * 2 + 1, mask=s_mask, other=0.0)
     acc = tl.load(
@@ -248,7 +250,7 @@ def default_splits(
     else:
         want = 1 if programs >= 2 * num_sms else max(1, 3 * num_sms // programs)
     want = max(want, triton.cdiv(max_len, 8192))
-    return max(1, min(want, 64, triton.cdiv(max_len, 2 * block_n))), piece
+    return max(1, min(want, MAX_SPLITS, triton.cdiv(max_len, 2 * block_n))), piece
 
 
 def paged_decode(
@@ -330,18 +332,17 @@ def launch_decode(
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        index.stride(0), part_out.stride(0), part_out.stride(1), num_heads,
+        index.stride(0), part_out.stride(0), part_out.stride(1), num_heads, num_splits,
         min_split,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits, CONTIGUOUS=contiguous,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, SPLIT=num_splits > 1, CONTIGUOUS=contiguous,
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps or 4, num_stages=num_stages or 3,
     )  # fmt: skip
     if num_splits > 1:
         _merge_kernel[(num_seqs * num_heads,)](
             part_out, part_acc, part_ml, num_heads, part_out.stride(0), part_out.stride(1),
-            HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
-            BLOCK_S=triton.next_power_of_2(num_splits),
+            num_splits, HEAD_DIM=head_dim, BLOCK_S=MAX_SPLITS,
         )  # fmt: skip
         if part_out is not out:
             out.copy_(part_out)

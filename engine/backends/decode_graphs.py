@@ -14,6 +14,7 @@ one slice per layer, filled from the tokens before each replay.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -55,8 +56,9 @@ class DecodeGraphs:
             and b.max_decode_len <= self.max_len
         )
 
-    def run(self, b: _Batch) -> int:
-        """Fill the static inputs from b and replay its bucket's graph; returns the bucket."""
+    def prepare(self, b: _Batch) -> tuple[torch.cuda.CUDAGraph, float]:
+        """Fill the static inputs from b; returns its bucket's graph (captured first if new)
+        and the seconds that capture took."""
         n = b.num_decode
         size = bucket(n)
         assert size is not None
@@ -67,13 +69,15 @@ class DecodeGraphs:
         self.slots[:n] = b.slots
         self.slots[n:size] = -1
         graph = self.graphs.get(size)
-        if graph is None:
-            self._layers(size)  # compiles the kernels; rewrites this step's K/V only
-            graph = self.graphs[size] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.mempool):
-                self._layers(size)
-        graph.replay()
-        return size
+        if graph is not None:
+            return graph, 0.0
+        t0 = time.perf_counter()
+        self._layers(size)  # warm-up launches; rewrite this step's K/V with the same values
+        graph = self.graphs[size] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.mempool):
+            self._layers(size)
+        torch.cuda.synchronize(self.table.device)
+        return graph, time.perf_counter() - t0
 
     def _layers(self, size: int) -> None:
         from engine.backends.attention import _Batch
