@@ -1,69 +1,33 @@
-"""`kvbench-report DIR`: one tidy table over every run under DIR, the paper's numbers beside.
+"""`kvbench-report DIR`: one tidy table over every run under DIR, references beside.
 
-    DIR/report.csv   one row per (run, metric): run, experiment, system, allocator,
-                     reservation, placement, block_size, workload, model, gpu, kv_budget_gib,
-                     n, beam_width, request_rate, metric, value, unit, paper
-    DIR/report.md    per experiment, measured (paper) for the metrics the paper reports
+    DIR/report.csv   one row per (run, metric): run, setup, job_hash, experiment, system,
+                     allocator, reservation, placement, block_size, workload, model, gpu,
+                     kv_budget_gib, n, beam_width, request_rate, metric, value, unit,
+                     reference, no_reference, incomplete
+    DIR/report.md    per experiment and setup: measured (reference)
 
-Paper numbers: Kwon et al., "Efficient Memory Management for Large Language Model Serving with
-PagedAttention", SOSP 2023 (Figs. 2, 13a, 14-15), and the Mooncake traces' own block-repeat
-shares (Qin et al., FAST 2025; ../shared/traces/README.md), as BENCHMARKS.md lists them.
+Runs are grouped by setup: the hash of the resolved config without the keys their sweep
+varies (experiments/sweeps.py). Runs of different setups never share a table or a figure;
+runs with the same job hash are one job, shown once. A group whose sweeps launched more
+jobs than finished says "incomplete: N of M jobs missing". Reference numbers
+(experiments/reference.py) appear only beside runs that match the reference's setup.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from experiments import sweeps, systems
+from experiments import runs as runs_mod
+from experiments import sweeps
+from experiments.reference import REFERENCES
 from workloads.errors import KvbenchError, exits_cleanly
 
-PAPER: dict[str, dict[str, dict[str, float]]] = {
-    "vllm_fig2": {
-        "orca_max": {
-            "share_token_states": 20.4,
-            "share_reservation": 13.3,
-            "share_internal_frag": 57.3,
-            "share_external_frag": 8.9,
-        },
-        "orca_pow2": {
-            "share_token_states": 26.8,
-            "share_reservation": 17.9,
-            "share_internal_frag": 13.6,
-            "share_external_frag": 41.6,
-        },
-        "orca_oracle": {
-            "share_token_states": 38.2,
-            "share_reservation": 25.2,
-            "share_external_frag": 36.6,
-        },
-        "paged": {"share_token_states": 96.3},
-    },
-    "vllm_fig13": {
-        "orca_max": {"mean_batch_size": 7.00},
-        "orca_pow2": {"mean_batch_size": 9.81},
-        "orca_oracle": {"mean_batch_size": 13.62},
-        "paged": {"mean_batch_size": 30.42},
-    },
-    "sharing": {
-        "n2": {"block_saving": 6.1},
-        "n4": {"block_saving": 8.5},
-        "n6": {"block_saving": 9.8},
-        "beam2": {"block_saving": 37.6},
-        "beam4": {"block_saving": 53.1},
-        "beam6": {"block_saving": 55.2},
-    },
-    "mooncake_prefix": {  # unlimited memory, 512-token blocks
-        "mooncake_conv": {"prefix_block_hit_rate": 36.6},
-        "mooncake_synth": {"prefix_block_hit_rate": 64.0},
-    },
-}
 PERCENT = {"share_", "block_saving", "prefix_hit_rate", "prefix_block_hit_rate"}
 METRICS = {
     **{
@@ -76,6 +40,7 @@ METRICS = {
     "max_batch_size": "requests",
     "mean_running_seqs": "sequences",
     "throughput_tokens_per_s": "tokens/s",
+    "request_throughput_per_s": "requests/s",
     "mean_latency_s": "s",
     "mean_normalized_latency_s": "s/token",
     "mean_ttft_s": "s",
@@ -84,11 +49,15 @@ METRICS = {
     "prefix_hit_rate": "%",
     "prefix_block_hit_rate": "%",
     "num_preemptions": "count",
+    "clipped_requests": "count",
     "capacity_slots": "slots",
     "sim_time_s": "s",
     "wall_time_s": "s",
 }
 KEYS = [
+    "setup",
+    "setup_label",
+    "job_hash",
     "experiment",
     "system",
     "label",
@@ -101,42 +70,26 @@ KEYS = [
     "model",
     "gpu",
     "kv_budget_gib",
+    "max_seq_len",
+    "max_num_seqs",
+    "length_scale",
     "n",
     "beam_width",
     "request_rate",
 ]
-
-
-def system_of(s: dict[str, Any]) -> str:
-    """The name a run goes by in tables and the paper's figures: its allocator's system name
-    (experiments/systems.py), or what the experiment compares."""
-    if s.get("experiment") == "sharing":
-        return f"n{s['n']}" if s["n"] > 1 else f"beam{s['beam_width']}"
-    if s.get("experiment") == "mooncake_prefix":
-        return s["workload"]
-    if s.get("system"):
-        return str(s["system"])
-    if s["allocator"] == "static":  # summaries from before allocator configs named systems
-        return f"orca_{s['reservation']}"
-    return str(s["allocator"])
-
-
-def paper_value(s: dict[str, Any], metric: str) -> float | None:
-    exp = s.get("experiment")
-    if exp == "mooncake_prefix" and (s["kv_budget_gib"] is not None or s["block_size"] != 512):
-        return None
-    return PAPER.get(exp or "", {}).get(system_of(s), {}).get(metric)
+COLUMNS = ["run", *KEYS, "metric", "value", "unit", "reference", "no_reference", "incomplete"]
+HEADLINE = ["share_token_states", "mean_batch_size", "throughput_tokens_per_s"]
+SWEPT = {"seq_len": ("length_scale", "length x"), "concurrency": ("max_num_seqs", "max seqs")}
+SWEPT_METRICS = ["share_token_states_all_steps", "mean_batch_size", "throughput_tokens_per_s"]
 
 
 def collect(root: Path) -> pd.DataFrame:
-    """The tidy table of every summary.json under root (percent metrics in percent)."""
+    """The tidy table of every finished run under root (percent metrics in percent)."""
     rows = []
-    for path in sorted(root.rglob("summary.json")):
-        s = json.loads(path.read_text())
-        base = {k: s.get(k) for k in KEYS if k not in ("system", "label", "rank")}
-        base["system"] = system_of(s)
-        base["label"], base["rank"] = systems.label_rank(base["system"], s)
-        base["run"] = str(path.parent.relative_to(root))
+    for run in runs_mod.find_runs(root):
+        s = run.record
+        base = {k: s.get(k) for k in KEYS}
+        ref, why = run.reference
         for metric, unit in METRICS.items():
             v = s.get(metric)
             if v is None:
@@ -144,54 +97,92 @@ def collect(root: Path) -> pd.DataFrame:
             scale = 100.0 if any(metric.startswith(p) for p in PERCENT) else 1.0
             rows.append(
                 {
+                    "run": run.name,
                     **base,
                     "metric": metric,
                     "value": v * scale,
                     "unit": unit,
-                    "paper": paper_value(s, metric),
+                    "reference": ref.get(metric),
+                    "no_reference": why,
+                    "incomplete": run.incomplete,
                 }
             )
     if not rows:
         raise KvbenchError(f"{root}: no runs (no summary.json below it)")
-    return pd.DataFrame(rows, columns=["run", *KEYS, "metric", "value", "unit", "paper"])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def groups(table: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(experiment, title, rows) per experiment and setup, experiments in name order."""
+    out = []
+    exp = table.experiment.fillna("")
+    for name in sorted(set(exp)):
+        g = table[exp == name]
+        setups = list(dict.fromkeys(g.setup))
+        for setup in setups:
+            title = name or "runs without an experiment"
+            if len(setups) > 1:
+                title += f", setup {setup[:8]} ({runs_mod.setup_label(g, setup)})"
+            out.append((name, title, g[g.setup == setup]))
+    return out
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """Per experiment with paper numbers: measured (paper); other experiments: a short table."""
+    """Per experiment and setup: measured (reference), with what is missing and why."""
     out = []
-    for exp, g in table.groupby(table.experiment.fillna("(none)"), sort=True):
-        paper = g[g.paper.notna()]
-        metrics = (
-            list(dict.fromkeys(paper.metric))
-            if len(paper)
-            else ["share_token_states", "mean_batch_size", "throughput_tokens_per_s"]
+    for exp, title, g in groups(table):
+        ref = REFERENCES.get(exp)
+        with_ref = g[g.reference.notna()]
+        metrics = list(dict.fromkeys(with_ref.metric)) or (
+            list(dict.fromkeys(g[g.metric.isin(_ref_metrics(exp))].metric))
+            or (SWEPT_METRICS if exp in SWEPT else HEADLINE)
         )
         if exp == "mooncake_prefix":
             g = g[(g.block_size == 512) & g.kv_budget_gib.isna()]
-        out += [
-            f"### {exp}",
-            "",
-            "| system | workload | block | KV GiB | rate /s | run | " + " | ".join(metrics) + " |",
-            "|---|---|---:|---:|---:|---|" + "---:|" * len(metrics),
-        ]
-        for (system, run), r in _ordered(g).groupby(["system", "run"], sort=False):
-            cells = []
-            for m in metrics:
-                hit = r[r.metric == m]
-                if hit.empty:
-                    cells.append("-")
-                    continue
-                v, p = hit.value.iloc[0], hit.paper.iloc[0]
-                cells.append(f"{v:.1f}" + ("" if pd.isna(p) else f" ({p:.1f})"))
-            first = r.iloc[0]
-            budget = "unlimited" if pd.isna(first.kv_budget_gib) else f"{first.kv_budget_gib:g}"
-            rate = "-" if pd.isna(first.request_rate) else f"{first.request_rate:.2f}"
-            out.append(
-                f"| {system} | {first.workload} | {first.block_size} | {budget} | {rate} | "
-                f"{run} | " + " | ".join(cells) + " |"
-            )
+        out += [f"### {title}", ""]
+        if g.incomplete.notna().any():
+            out += [f"**{g.incomplete.dropna().iloc[0]}**", ""]
+        if ref is not None:
+            out += [f"reference: {ref.source}", ""]
+        out += _table(g, metrics, SWEPT.get(exp))
+        for why in dict.fromkeys(g.no_reference.dropna()):
+            out.append(f"- no reference beside some runs: {why}")
         out.append("")
     return "\n".join(out)
+
+
+def _ref_metrics(exp: str) -> list[str]:
+    ref = REFERENCES.get(exp)
+    return [m for v in ref.values.values() for m in v] if ref else []
+
+
+def _table(g: pd.DataFrame, metrics: list[str], swept: tuple[str, str] | None) -> list[str]:
+    """One row per run: its keys (and the swept value of a seq_len / concurrency sweep)."""
+    extra = f"{swept[1]} | " if swept else ""
+    lines = [
+        f"| system | workload | block | KV GiB | rate /s | {extra}run | "
+        + " | ".join(metrics)
+        + " |",
+        "|---|---|---:|---:|---:|" + ("---:|" if swept else "") + "---|" + "---:|" * len(metrics),
+    ]
+    for (system, run), r in _ordered(g).groupby(["system", "run"], sort=False):
+        cells = []
+        for m in metrics:
+            hit = r[r.metric == m]
+            if hit.empty:
+                cells.append("-")
+                continue
+            v, p = hit.value.iloc[0], hit.reference.iloc[0]
+            cells.append(f"{v:.1f}" + ("" if pd.isna(p) else f" ({p:.1f})"))
+        first = r.iloc[0]
+        budget = "unlimited" if pd.isna(first.kv_budget_gib) else f"{first.kv_budget_gib:g}"
+        rate = "-" if pd.isna(first.request_rate) else f"{first.request_rate:.2f}"
+        value = f"{first[swept[0]]:g} | " if swept else ""
+        lines.append(
+            f"| {system} | {first.workload} | {first.block_size} | {budget} | {rate} | "
+            f"{value}{run} | " + " | ".join(cells) + " |"
+        )
+    return lines
 
 
 def _ordered(g: pd.DataFrame) -> pd.DataFrame:
@@ -203,7 +194,7 @@ def _ordered(g: pd.DataFrame) -> pd.DataFrame:
 def write_report(root: Path) -> pd.DataFrame:
     table = collect(root)
     table.to_csv(root / "report.csv", index=False)
-    text = "# kvbench report\n\nmeasured (paper); percentages of KV capacity where %.\n\n"
+    text = "# kvbench report\n\nmeasured (reference); percentages of KV capacity where %.\n\n"
     (root / "report.md").write_text(text + markdown(table))
     return table
 

@@ -1,46 +1,83 @@
-"""`kvbench-plot DIR`: every figure whose data are under DIR, written to DIR/figures/."""
+"""`kvbench-plot DIR`: every figure whose data are under DIR, written to DIR/figures/.
+
+One figure per experiment and setup (experiments/report.py groups runs by setup): with one
+setup the figure is `figures/<name>.png`, with several `figures/<name>_<setup>.png`, each
+titled with what sets its setup apart. A group with missing jobs says so in its title.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from plots import memory
 from plots.kernels import kernel_bandwidth
+from plots.style import plt, save
 from workloads.errors import KvbenchError, exits_cleanly
+
+Draw = Callable[[pd.DataFrame, str], plt.Figure]
+
+
+def _latency(table: pd.DataFrame, note: str) -> plt.Figure:
+    from experiments.reference import SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE
+
+    return memory.latency_vs_rate(table, note, SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE)
+
+
+FIGURES: dict[str, list[tuple[str, Draw]]] = {
+    "vllm_fig2": [("fig2_memory_shares", memory.fig2_bars)],
+    "block_size": [("block_size", memory.block_size)],
+    "request_rate": [("latency_vs_rate", _latency)],
+    "mooncake_prefix": [("prefix_hit_rate", memory.hit_rate)],
+    "seq_len": [
+        ("seq_len", lambda t, n: memory.sweep_lines(t, "length_scale", "sequence length scale", n))
+    ],
+    "concurrency": [
+        ("concurrency", lambda t, n: memory.sweep_lines(t, "max_num_seqs", "max_num_seqs", n))
+    ],
+}
 
 
 def plot_all(root: Path) -> list[Path]:
-    from experiments.report import collect
+    from experiments.report import collect, groups
 
     out = root / "figures"
     paths: list[Path] = []
-    summaries = list(root.rglob("summary.json"))
-    table = collect(root) if summaries else pd.DataFrame(columns=["experiment"])
-    experiments = set(table.experiment.dropna())
-    if "vllm_fig2" in experiments:
-        paths += memory.fig2_bars(table, out / "fig2_memory_shares")
-        runs = table[table.experiment == "vllm_fig2"][["run", "system"]].drop_duplicates()
-        steps = {
-            r.system: pd.read_parquet(root / r.run / "steps.parquet")
-            for r in runs.itertuples()
-            if (root / r.run / "steps.parquet").exists()
-        }
-        if steps:
-            paths += memory.timeline(steps, table, out / "batch_and_memory_over_time")
-    if "block_size" in experiments:
-        paths += memory.block_size(table, out / "block_size")
-    if "request_rate" in experiments:
-        paths += memory.latency_vs_rate(table, out / "latency_vs_rate")
-    if "mooncake_prefix" in experiments:
-        paths += memory.hit_rate(table, out / "prefix_hit_rate")
+    found = groups(collect(root)) if any(root.rglob("summary.json")) else []
+    count = Counter(exp for exp, _, _ in found)
+    for exp, _, g in found:
+        suffix = f"_{g.setup.iloc[0][:8]}" if count[exp] > 1 else ""
+        note = _note(g)
+        for stem, draw in FIGURES.get(exp, []):
+            paths += save(draw(g, note), out / f"{stem}{suffix}")
+        if exp == "vllm_fig2":
+            paths += _timeline(root, g, note, out / f"batch_and_memory_over_time{suffix}")
     for csv in root.rglob("kernels.csv"):
-        paths += kernel_bandwidth(pd.read_csv(csv), out / f"kernel_bandwidth_{csv.parent.name}")
+        fig = kernel_bandwidth(pd.read_csv(csv))
+        paths += save(fig, out / f"kernel_bandwidth_{csv.parent.name}")
     if not paths:
         raise KvbenchError(f"{root}: no runs or kernel tables to plot")
     return paths
+
+
+def _note(g: pd.DataFrame) -> str:
+    """What sets the group's setup apart, and what is missing from it."""
+    parts = [g.setup_label.iloc[0], g.incomplete.iloc[0]]
+    return "; ".join(str(p) for p in parts if isinstance(p, str) and p)
+
+
+def _timeline(root: Path, g: pd.DataFrame, note: str, stem: Path) -> list[Path]:
+    runs = g[["run", "system"]].drop_duplicates()
+    steps = {
+        r.system: pd.read_parquet(root / r.run / "steps.parquet")
+        for r in runs.itertuples()
+        if (root / r.run / "steps.parquet").exists()
+    }
+    return save(memory.timeline(steps, g, note), stem) if steps else []
 
 
 @exits_cleanly

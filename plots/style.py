@@ -28,6 +28,11 @@ plt.rcParams.update(
 )
 
 
+def title(head: str, note: str) -> str:
+    """A figure title with the group's note (setup, incompleteness) on its own line."""
+    return f"{head}\n{note}" if note else head
+
+
 def save(fig: plt.Figure, stem: Path) -> list[Path]:
     """Write stem.png and stem.pdf with tight bounds (no clipped labels); close the figure."""
     stem.parent.mkdir(parents=True, exist_ok=True)

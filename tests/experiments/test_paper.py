@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.report import PAPER
+from experiments.reference import REFERENCES
 from tests.experiments.test_cli import kvbench
 from workloads.stats import repeat_share
 from workloads.traces import read_rows
@@ -124,8 +124,9 @@ def test_report_and_plot_write_files(fig2):
     report = ["-c", "from experiments.report import main; main()", str(fig2)]
     subprocess.run([sys.executable, *report], check=True, capture_output=True)
     table = pd.read_csv(fig2 / "report.csv")
-    assert set(table.system) >= set(PAPER["vllm_fig2"])
-    assert table.paper.notna().sum() == sum(len(v) for v in PAPER["vllm_fig2"].values())
+    paper = REFERENCES["vllm_fig2"].values
+    assert set(table.system) >= set(paper)
+    assert table.reference.notna().sum() == sum(len(v) for v in paper.values())
     assert "| orca_max |" in (fig2 / "report.md").read_text()
     assert "(57.3)" in (fig2 / "report.md").read_text()
     out = subprocess.run(
@@ -136,3 +137,42 @@ def test_report_and_plot_write_files(fig2):
     ).stdout.split()
     assert any(p.endswith("fig2_memory_shares.png") for p in out)
     assert all(Path(p).stat().st_size > 1000 for p in out)
+
+
+@pytest.mark.parametrize(
+    "sweep, swept, xs",
+    [
+        ("seq_len", "seq_len_scale=0.5,2", [0.5, 2.0]),
+        ("concurrency", "engine.max_num_seqs=8,64", [8, 64]),
+    ],
+)
+def test_seq_len_and_concurrency_sweeps_give_figures(tmp_path, sweep, swept, xs):
+    kvbench(
+        f"sweep={sweep}",
+        "allocator=orca_max,paged",
+        swept,
+        "workload.max_requests=80",  # 80 x 2,048 slots: more than 16 GiB of Llama-3-8B
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    runs = summaries(tmp_path)
+    assert len(runs) == 4
+    if sweep == "seq_len":  # lengths and max_seq_len scale together
+        assert sorted({s["max_seq_len"] for s in runs}) == [1024, 4096]
+    table = pd.read_csv(tmp_path / "report.csv")
+    column = "length_scale" if sweep == "seq_len" else "max_num_seqs"
+    assert sorted(table[column].unique()) == xs
+    out = subprocess.run(
+        [sys.executable, "-c", "from plots.cli import main; main()", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert any(p.endswith(f"figures/{sweep}.png") for p in out)
+
+
+@pytest.mark.parametrize("sweep", ["seq_len", "concurrency"])
+def test_new_sweeps_set_no_backend_only_keys(sweep):
+    """They must run unchanged with backend=attention: no gpu profile, no backend keys."""
+    text = (Path(__file__).parents[2] / "experiments/conf/sweep" / f"{sweep}.yaml").read_text()
+    assert "gpu" not in text and "backend" not in text

@@ -1,0 +1,97 @@
+"""Figures drawn from the committed reference results: nothing overlaps, references shown,
+kernel shapes kept apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.lines import Line2D
+
+from experiments.reference import SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE
+from experiments.report import collect, groups
+from plots import memory
+from plots.kernels import NAMES, kernel_bandwidth
+
+REFERENCE = Path(__file__).parents[2] / "results" / "reference"
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return collect(REFERENCE / "paper")
+
+
+def group(table: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    (g,) = [g for exp, _, g in groups(table) if exp == experiment]
+    return g
+
+
+def boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_block_size_labels_do_not_overlap_the_other_panel(table):
+    fig = memory.block_size(group(table, "block_size"))
+    fig.canvas.draw()
+    left, right = fig.axes
+    r = fig.canvas.get_renderer()
+    assert not boxes_overlap(right.yaxis.label.get_window_extent(r), left.get_window_extent(r))
+    assert not boxes_overlap(left.get_tightbbox(r), right.get_tightbbox(r))
+
+
+def test_latency_legend_stays_off_the_curves_and_shows_the_paper(table):
+    fig = memory.latency_vs_rate(
+        group(table, "request_rate"), "", SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE
+    )
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    r = fig.canvas.get_renderer()
+    assert not boxes_overlap(ax.get_legend().get_window_extent(r), ax.get_window_extent(r))
+    text = " ".join(t.get_text() for t in ax.texts)
+    assert "(paper 1.7-2.7x)" in text and "(paper 2.7-8x)" in text
+
+
+def test_prefix_hit_rate_draws_the_trace_repeat_shares(table):
+    fig = memory.hit_rate(group(table, "mooncake_prefix"))
+    left = fig.axes[0]
+    flat = {round(ln.get_ydata()[0], 1) for ln in left.get_lines() if ln.get_linestyle() == "--"}
+    assert flat == {36.6, 64.0}
+
+
+def test_sweep_figures_have_one_line_per_allocator(tmp_path):
+    rows = [
+        {
+            "run": f"r{i}",
+            "system": s,
+            "max_num_seqs": n,
+            "metric": m,
+            "value": v,
+            "reference": None,
+            "model": "llama3_8b",
+            "kv_budget_gib": 16.0,
+            "gpu": "h100_sxm",
+        }
+        for i, (s, n) in enumerate((s, n) for s in ("orca_max", "paged") for n in (8, 64))
+        for m, v in (("share_token_states_all_steps", 10.0), ("throughput_tokens_per_s", 99.0))
+    ]
+    fig = memory.sweep_lines(pd.DataFrame(rows), "max_num_seqs", "max_num_seqs")
+    for ax in fig.axes:
+        assert len([ln for ln in ax.get_lines() if isinstance(ln, Line2D)]) == 2
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
+        "Orca (Max)",
+        "vLLM (paged)",
+    ]
+
+
+def test_kernel_figure_keeps_shapes_apart_and_names_kernels():
+    fig = kernel_bandwidth(pd.read_csv(REFERENCE / "kernels_h100" / "kernels.csv"))
+    main, blocks = fig.axes
+    assert not [ln for ln in main.get_lines() if len(ln.get_xdata()) > 2]  # bars, not lines
+    ticks = [t.get_text() for t in main.get_xticklabels()]
+    assert any(t.startswith("ragged 64") for t in ticks) and "64 x 1024" in ticks
+    legend = [t.get_text() for t in main.get_legend().get_texts()]
+    assert "kvbench paged decode, block 16" in legend
+    assert not [n for n in legend if "_" in n]  # display names, not raw identifiers
+    assert set(NAMES.values()) >= {n.split(",")[0] for n in legend if "copy" not in n}
+    assert len(blocks.get_legend().get_texts()) == 5  # blocks 8..128 relative to 16
