@@ -64,6 +64,8 @@ def test_sweep_figures_have_one_line_per_allocator(tmp_path):
         {
             "run": f"r{i}",
             "system": s,
+            "label": s.upper(),
+            "rank": {"orca_max": 10, "paged": 40}[s],
             "max_num_seqs": n,
             "metric": m,
             "value": v,
@@ -78,10 +80,7 @@ def test_sweep_figures_have_one_line_per_allocator(tmp_path):
     fig = memory.sweep_lines(pd.DataFrame(rows), "max_num_seqs", "max_num_seqs")
     for ax in fig.axes:
         assert len([ln for ln in ax.get_lines() if isinstance(ln, Line2D)]) == 2
-    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
-        "Orca (Max)",
-        "vLLM (paged)",
-    ]
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["ORCA_MAX", "PAGED"]
 
 
 def test_kernel_figure_keeps_shapes_apart_and_names_kernels():
