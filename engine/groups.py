@@ -40,12 +40,9 @@ class GroupMemory:
             raise ValueError(f"preemption must be recompute or swap, got {preemption!r}")
         self.alloc, self.batch, self.preemption = alloc, batch, preemption
         self.host = FirstFit(_HOST_SPACE)
-        self._next_seq_id = 0
-
-    @property
-    def num_host_blocks(self) -> int:
+        self.num_host_blocks = 0
         """Host blocks holding swapped-out groups now."""
-        return _HOST_SPACE - self.host.num_free
+        self._next_seq_id = 0
 
     def new_seq(self, req: Request) -> Seq:
         self._next_seq_id += 1
@@ -131,6 +128,7 @@ class GroupMemory:
         if out is None:
             return False
         self.host.release(base)
+        self.num_host_blocks -= swapped.num_host_blocks
         g.swapped = None
         b = self.batch
         b.swap_in += [(base + h, d, k) for h, d, k in out.swapped_in]
@@ -174,6 +172,7 @@ class GroupMemory:
         placed = self.host.place(swapped.num_host_blocks)
         assert placed is not None, "the host space is unbounded"
         base = placed[0]
+        self.num_host_blocks += swapped.num_host_blocks
         g.swapped = (swapped, base)
         out = _redirect(swapped.runs, self.batch.copies_before)
         self.batch.swap_out += [(d, base + h, k) for d, h, k in out]

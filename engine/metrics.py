@@ -20,8 +20,6 @@ from engine.sequence import Group
 STEP_COLUMNS = (
     "time_s",
     "duration_s",
-    "host_s",
-    "kernel_s",
     "num_running_reqs",
     "num_running_seqs",
     "num_waiting",
@@ -32,7 +30,8 @@ STEP_COLUMNS = (
     "num_host_blocks",
     *MemoryUsage._fields,
 )
-_FLOAT_COLUMNS = 4  # the first four; the rest are counts (and one flag)
+TIMING_COLUMNS = ("host_s", "kernel_s")
+"""Measured by a backend that runs the step (0 for the sim): host and GPU kernel seconds."""
 SHARES = ("token_states", "reservation", "internal_frag", "external_frag", "free")
 REQUEST_COLUMNS = (
     "req_id",
@@ -49,23 +48,30 @@ REQUEST_COLUMNS = (
 
 
 class StepLog:
-    """One row per engine step, STEP_COLUMNS in order (the MemoryUsage last), as float64s.
+    """One row per engine step, STEP_COLUMNS in order (the MemoryUsage last), as float64s,
+    and for a backend that measures its steps the TIMING_COLUMNS of every step in `timing`.
 
     The engine extends `values` with each row's tuple directly: it is its hot path, and an
-    array of doubles becomes the table without a copy.
+    array of doubles becomes the table without a copy. The sim measures nothing: its timing
+    stays empty and reads as zeros.
     """
 
     def __init__(self) -> None:
         self.values = array("d")
+        self.timing = array("d")
 
     def __len__(self) -> int:
         return len(self.values) // len(STEP_COLUMNS)
 
     def columns(self) -> dict[str, np.ndarray]:
-        table = np.frombuffer(self.values, np.float64).reshape(len(self), len(STEP_COLUMNS))
+        n = len(self)
+        table = np.frombuffer(self.values, np.float64).reshape(n, len(STEP_COLUMNS))
         cols = {name: table[:, j] for j, name in enumerate(STEP_COLUMNS)}
-        for name in STEP_COLUMNS[_FLOAT_COLUMNS:]:
+        for name in STEP_COLUMNS[2:]:
             cols[name] = cols[name].astype(bool if name == "mem_limited" else np.int64)
+        timing = np.frombuffer(self.timing, np.float64) if self.timing else np.zeros(2 * n)
+        for j, name in enumerate(TIMING_COLUMNS):
+            cols[name] = timing.reshape(n, 2)[:, j]
         return cols
 
 

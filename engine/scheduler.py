@@ -111,7 +111,9 @@ class Engine:
         decode, usage = self.alloc.decode, self.alloc.usage
         backend, copies = self.backend, batch.copies_before
         finish_at, log = self._finish_at, self._result.steps
-        log_row = log.values.extend
+        log_row, timing_row = log.values.extend, log.timing.extend
+        timed = not backend.multi_step  # a backend that runs steps measures them
+        mem = self._mem
         clock, step = 0.0, 0
         next_arrival = pending[0].arrival_s if pending else float("inf")
         while pending or waiting or running:
@@ -147,9 +149,10 @@ class Engine:
             batch.step, batch.decode_seqs, batch.num_decode = step, decode_seqs, num_decode
             batch.decode_context = u.logical_tokens - admitted_logical
             dt = backend.step(batch)
-            log_row((clock, dt, backend.last_host_s, backend.last_kernel_s, len(running),
-                     len(self._seqs), len(waiting), batch.num_prefill, num_decode, mem_limited,
-                     preempted, self._mem.num_host_blocks, *u))  # fmt: skip
+            log_row((clock, dt, len(running), len(self._seqs), len(waiting), batch.num_prefill,
+                     num_decode, mem_limited, preempted, mem.num_host_blocks, *u))  # fmt: skip
+            if timed:
+                timing_row((backend.last_host_s, backend.last_kernel_s))
             batch.clear()
             clock += dt
             if new:
@@ -184,7 +187,7 @@ class Engine:
         log_row, num_running = self._result.steps.values.extend, len(self._running)
         host = self._mem.num_host_blocks
         for dt, u in zip(durations, usages):
-            log_row((clock, dt, 0.0, 0.0, num_running, num, 0, 0, num, False, 0, host, *u))
+            log_row((clock, dt, num_running, num, 0, 0, num, False, 0, host, *u))
             clock += dt
         return len(durations), clock
 
