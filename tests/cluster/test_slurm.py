@@ -55,15 +55,16 @@ def summaries(sweep_dir: Path) -> dict[str, dict]:
     }
 
 
+def untimed(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in TIMING_FIELDS}
+
+
 def assert_equal_results(sweep_dir: Path, basic_dir: Path) -> None:
     """Every job's summary (but its timing) and step table equal the basic launcher's."""
     got, want = summaries(sweep_dir), summaries(basic_dir)
     assert sorted(got) == sorted(want) == [str(i) for i in range(NUM_JOBS)]
     for job, s in got.items():
-        drop = TIMING_FIELDS
-        assert {k: v for k, v in s.items() if k not in drop} == {
-            k: v for k, v in want[job].items() if k not in drop
-        }, f"job {job}"
+        assert untimed(s) == untimed(want[job]), f"job {job}"
         steps = pd.read_parquet(sweep_dir / job / "steps.parquet")
         pd.testing.assert_frame_equal(steps, pd.read_parquet(basic_dir / job / "steps.parquet"))
 
