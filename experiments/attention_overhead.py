@@ -44,8 +44,9 @@ def azure_lengths(batch: int, seed: int = 0) -> list[int]:
 
 
 def time_steps(
-    alloc: KVAllocator, lens: list[int], steps: int, warmup: int, graphs: bool
-) -> dict[str, float]:
+    alloc: KVAllocator, lens: list[int], steps: int, warmup: int, graphs: bool,
+    graph_splits: int | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Admit sequences of these lengths, then time decode steps through the backend."""
     grow = steps + warmup
     seqs = [
@@ -55,7 +56,9 @@ def time_steps(
     for s in seqs:
         if alloc.allocate(s, s.prompt_len) is None:
             raise RuntimeError("the pool is too small for the batch")
-    backend = AttentionBackend(model_spec("llama3_8b"), alloc, graphs=graphs, max_seq_len=16384)
+    backend = AttentionBackend(
+        model_spec("llama3_8b"), alloc, graphs=graphs, max_seq_len=16384, graph_splits=graph_splits
+    )
     backend.pool.k.normal_()
     backend.pool.v.normal_()
     batch = StepBatch(decode_seqs=seqs, num_decode=len(seqs))
@@ -76,21 +79,23 @@ def time_steps(
     )
 
 
-def run(out: Path, steps: int, warmup: int) -> pd.DataFrame:
+def run(args: argparse.Namespace) -> pd.DataFrame:
     card = torch.cuda.get_device_name()
+    steps, warmup = args.steps, args.warmup
     rows = []
-    for b in BATCHES:
+    for b in args.batches:
         lens = azure_lengths(b)
         final = [n + steps + warmup for n in lens]
         cases: list[tuple[str, int | None]] = [("static", None)]
-        cases += [("paged", bs) for bs in BLOCK_SIZES]
-        for (layout, bs), mode in itertools.product(cases, ("graph", "eager")):
+        cases += [("paged", bs) for bs in args.blocks]
+        for (layout, bs), mode in itertools.product(cases, args.modes):
             alloc: KVAllocator = (
                 StaticAllocator(sum(final) + 1, max(final), "oracle", "first_fit")
                 if bs is None
                 else PagedAllocator(sum(cdiv(f, bs) for f in final), bs)
             )
-            r = time_steps(alloc, lens, steps, warmup, graphs=mode == "graph")
+            graph_splits = int(mode[6:]) if mode.startswith("graph:") else None
+            r = time_steps(alloc, lens, steps, warmup, mode.startswith("graph"), graph_splits)
             rows.append(
                 dict(
                     mode=mode,
@@ -113,6 +118,7 @@ def run(out: Path, steps: int, warmup: int) -> pd.DataFrame:
     key = pd.MultiIndex.from_frame(table[["mode", "batch"]])
     table["overhead_vs_contiguous"] = table.kernel_ms.to_numpy() / base.reindex(key).to_numpy() - 1
     table["host_share"] = table.host_ms / table.step_ms
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "attention_overhead.csv", index=False)
     (out / "attention_overhead.md").write_text(markdown(table))
@@ -146,10 +152,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/attention_overhead"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batches", type=_ints, default=BATCHES)
+    ap.add_argument("--blocks", type=_ints, default=BLOCK_SIZES)
+    ap.add_argument(
+        "--modes", type=lambda s: s.split(","), default=["graph", "eager"],
+        help="graph, eager, or graph:N (graph-captured decode with N splits)",
+    )  # fmt: skip
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: kvbench-attention-overhead needs a CUDA GPU; none is visible")
-    print(markdown(run(args.out, args.steps, args.warmup)))
+    print(markdown(run(args)))
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(","))
 
 
 if __name__ == "__main__":

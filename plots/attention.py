@@ -13,7 +13,7 @@ from plots.style import plt, save
 def attention_overhead(table: pd.DataFrame, stem: Path) -> list[Path]:
     """Left: kernel time per step against block size, one line per batch, the contiguous
     (static) time dashed. Right: paged / contiguous - 1, in percent."""
-    if "mode" in table:  # the steps as served: decode replayed from CUDA graphs
+    if "mode" in table:  # the steps as served: decode replayed from CUDA graphs (default)
         table = table[table["mode"] == "graph"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
     paged = table[table.layout == "paged"]

@@ -53,6 +53,7 @@ class _Batch:
     max_decode_len: int  # an upper bound of the decode rows' lengths
     decode_tokens: int | None  # their sum, when known (ragged batches split better)
     max_query_len: int
+    num_splits: int | None = None  # decode split-K count (None: the kernel's heuristic)
 
 
 class AttentionBackend:
@@ -73,12 +74,14 @@ class AttentionBackend:
         gpu: object = None,
         graphs: bool = True,
         max_seq_len: int | None = None,
+        graph_splits: int | None = None,
     ) -> None:
         """
         Args:
             num_layers: layers to run (default: the model's); fewer for quick checks.
             graphs: replay decode-only steps from CUDA graphs (one per batch bucket).
             max_seq_len: the longest sequence, to size the graphs' tables (default: 16384).
+            graph_splits: split-K count of graph-captured decode (default: by batch bucket).
             kernel: "triton" (kvbench's paged or contiguous kernels, by the allocator's layout).
             gpu: a sim profile an experiment overlay may set; unused (the card is timed).
         """
@@ -112,7 +115,7 @@ class AttentionBackend:
         if graphs and self.device.type == "cuda":
             max_len = max_seq_len or getattr(allocator, "max_seq_len", None) or 16384
             width = 1 if self.contiguous else cdiv(max_len, allocator.block_size)
-            self.graphs = DecodeGraphs(self, width, max_len)
+            self.graphs = DecodeGraphs(self, width, max_len, graph_splits)
         if self.device.type == "cuda":
             self._warm_up()
 
@@ -232,7 +235,8 @@ class AttentionBackend:
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: _Batch, out) -> None:
         nd = b.num_decode
         table, lens = b.table[:nd], b.lens[:nd]
-        hint = dict(out=out, max_seq_len=b.max_decode_len, num_tokens=b.decode_tokens)
+        hint = dict(out=out, max_seq_len=b.max_decode_len, num_tokens=b.decode_tokens,
+                    num_splits=b.num_splits)  # fmt: skip
         if self.contiguous:
             contiguous_decode(q, k, v, table[:, 0], lens, self.scale, **hint)
         else:
@@ -272,19 +276,23 @@ class AttentionBackend:
         prefill, the KV write) before the first step: Triton compiles on first use, and the
         engine's clock must not count it."""
         as_i32 = dict(dtype=torch.int32, device=self.device)
-        table, lens = torch.zeros((2, 1), **as_i32), torch.ones(2, **as_i32)
+        # NOTE: Triton specializes on 16-byte alignment and on integers equal to 1: the table
+        # has the live table's width, and prefill runs at an aligned and an unaligned offset
+        table = torch.zeros(self.rows.table.shape, **as_i32)[:2]
+        lens = torch.ones(2, **as_i32)
         slots = torch.full((2,), -1, dtype=torch.int64, device=self.device)  # writes nothing
-        b = _Batch(table, lens, slots, torch.arange(2, **as_i32), 1, 1, None, 1)
         q, k_new, v_new = self._random(2)
         k, v = self.pool.layers[0]
         cache_k, cache_v = (k.unsqueeze(1), v.unsqueeze(1)) if self.contiguous else (k, v)
-        write_kv(k_new, v_new, cache_k, cache_v, b.slots)
+        write_kv(k_new, v_new, cache_k, cache_v, slots)
         for splits in (1, 2):
             if self.contiguous:
                 contiguous_decode(q[:1], k, v, table[:1, 0], lens[:1], 1.0, num_splits=splits)
             else:
                 paged_decode(q[:1], k, v, table[:1], lens[:1], 1.0, num_splits=splits)
-        self._prefill(q[1:], k, v, b, torch.empty_like(q[1:]))
+        for nd in (0, 1):
+            b = _Batch(table, lens, slots, torch.arange(3 - nd, **as_i32), nd, 1, None, 1)
+            self._prefill(q[nd:], k, v, b, torch.empty_like(q[nd:]))
         torch.cuda.synchronize(self.device)
 
     def _to_device(self, host: np.ndarray) -> torch.Tensor:

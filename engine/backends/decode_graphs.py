@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from kernels.paged_decode import MAX_SPLITS
+
 if TYPE_CHECKING:
     from engine.backends.attention import AttentionBackend, _Batch
 
@@ -30,12 +32,24 @@ def bucket(n: int) -> int | None:
     return next((b for b in BUCKETS if b >= n), None)
 
 
+def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
+    """Split-K count for a decode captured without knowing the lengths: each sequence is cut
+    into this many pieces (of its own length, at least one tile each), enough for about
+    8 x SMs programs - a graph serves ragged batches, where the longest sequence must not
+    be the critical path."""
+    return max(2, min(MAX_SPLITS, -(-8 * num_sms // programs), -(-max_len // 128)))
+
+
 class DecodeGraphs:
-    def __init__(self, backend: AttentionBackend, width: int, max_len: int) -> None:
+    def __init__(
+        self, backend: AttentionBackend, width: int, max_len: int, splits: int | None = None
+    ) -> None:
         m, dev, dt = backend.model, backend.device, backend.dtype
         n = BUCKETS[-1]
         per_layer = backend.num_layers if backend.verifier is not None else 1
-        self.backend, self.width, self.max_len = backend, width, max_len
+        self.backend, self.width, self.max_len, self.splits = backend, width, max_len, splits
+        props = torch.cuda.get_device_properties(dev)
+        self.num_sms = props.multi_processor_count
         self.table = torch.zeros((n, width), dtype=torch.int32, device=dev)
         self.lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
@@ -82,9 +96,11 @@ class DecodeGraphs:
     def _layers(self, size: int) -> None:
         from engine.backends.attention import _Batch
 
+        m = self.backend.model
+        splits = self.splits or graph_splits(size * m.num_kv_heads, self.max_len, self.num_sms)
         b = _Batch(
             self.table[:size], self.lens[:size], self.slots[:size], self.lens[:1], size,
-            self.max_len, None, 0,
+            self.max_len, None, 0, splits,
         )  # fmt: skip
         last = self.k.shape[0] - 1
         for layer in range(self.backend.num_layers):
