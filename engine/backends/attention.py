@@ -158,7 +158,7 @@ class AttentionBackend:
         seqs = [s.seq_id for s in decode] + [s.seq_id for s, _, _ in prefills]
         if not seqs:
             return None
-        rows, lens = self.rows.sync(seqs, alloc)
+        rows, lens, updates = self.rows.sync(seqs, alloc)
         nd = len(decode)
         starts = np.fromiter((st for _, st, _ in prefills), np.int64, len(prefills))
         counts = np.fromiter((n for _, _, n in prefills), np.int64, len(prefills))
@@ -171,7 +171,9 @@ class AttentionBackend:
         tok_pos = np.concatenate(
             [lens[:nd] - 1, np.arange(qs[-1]) - np.repeat(qs[:-1] - starts, counts)]
         )
-        dev = self._to_device(np.concatenate([rows, lens, qs, tok_row, tok_pos]))
+        dev = self._to_device(np.concatenate([updates.ravel(), rows, lens, qs, tok_row, tok_pos]))
+        self.rows.apply(dev[: updates.size].view(3, -1))
+        dev = dev[updates.size :]
         n, p = len(seqs), len(prefills)
         d_rows, d_lens, d_qs = dev[:n], dev[n : 2 * n], dev[2 * n : 2 * n + p + 1]
         d_row, d_pos = dev[2 * n + p + 1 :].view(2, -1)

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kernels.paged_decode import MAX_SPLITS
-
 if TYPE_CHECKING:
     from engine.backends.attention import AttentionBackend, _Batch
 
@@ -34,10 +32,11 @@ def bucket(n: int) -> int | None:
 
 def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
     """Split-K count for a decode captured without knowing the lengths: each sequence is cut
-    into this many pieces (of its own length, at least one tile each), enough for about
-    8 x SMs programs - a graph serves ragged batches, where the longest sequence must not
-    be the critical path."""
-    return max(2, min(MAX_SPLITS, -(-8 * num_sms // programs), -(-max_len // 128)))
+    into this many pieces of its own length (at least one tile each). Measured on an H200
+    (results/reference/attention_h200/NOTES.md): 8 pieces beat 2 and 4 up to 1024
+    (sequence, KV head) programs, where the batch alone leaves SMs waiting on latency, and 4
+    is as good as 8 past that; 16 cost the larger batches a merge pass they do not need."""
+    return max(1, min(8, max(4, -(-64 * num_sms // programs)), -(-max_len // 128)))
 
 
 class DecodeGraphs:

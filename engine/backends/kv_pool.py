@@ -117,9 +117,11 @@ class SeqRows:
             if row is not None:
                 self._free.append(row)
 
-    def sync(self, seq_ids: Sequence[int], alloc: KVAllocator) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of these sequences, their tables brought up to date on the GPU, and the
-        tokens each holds."""
+    def sync(
+        self, seq_ids: Sequence[int], alloc: KVAllocator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of these sequences, the tokens each holds, and the table entries that changed
+        since the last step as int64 [3, n] (row, column, block id) for `apply`."""
         rows = np.empty(len(seq_ids), dtype=np.int64)
         lens = np.empty(len(seq_ids), dtype=np.int64)
         upd_rows: list[int] = []
@@ -152,9 +154,16 @@ class SeqRows:
                 upd_cols += range(have, len(table))
                 upd_vals += new
             known[row] = (len(table), table[-1])
-        if upd_rows:
-            self._scatter(upd_rows, upd_cols, upd_vals)
-        return rows, lens
+        updates = np.array([upd_rows, upd_cols, upd_vals], dtype=np.int64).reshape(3, -1)
+        if updates.shape[1] and updates[1].max() >= self.table.shape[1]:
+            width = max(int(updates[1].max()) + 1, 2 * self.table.shape[1])
+            self.table = _grown(self.table, self.table.shape[0], width)
+        return rows, lens, updates
+
+    def apply(self, updates: torch.Tensor) -> None:
+        """Write `sync`'s changed entries (now on the device) into the table."""
+        if updates.shape[1]:
+            self.table[updates[0], updates[1]] = updates[2].to(torch.int32)
 
     def _new_row(self) -> int:
         if not self._free:
@@ -163,15 +172,6 @@ class SeqRows:
             self._known += [(0, 0)] * n
             self._free = list(range(2 * n - 1, n - 1, -1))
         return self._free.pop()
-
-    def _scatter(self, rows: list[int], cols: list[int], vals: list[int]) -> None:
-        width = max(cols) + 1
-        if width > self.table.shape[1]:
-            self.table = _grown(
-                self.table, self.table.shape[0], max(width, 2 * self.table.shape[1])
-            )
-        packed = torch.tensor([rows, cols, vals], dtype=torch.int64, device=self.device)
-        self.table[packed[0], packed[1]] = packed[2].to(torch.int32)
 
 
 def _grown(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-SMALL = ModelSpec("small", num_layers=3, num_heads=8, num_kv_heads=2, head_dim=128,
+SMALL = ModelSpec("small", num_layers=2, num_heads=8, num_kv_heads=2, head_dim=128,
                   hidden_size=1024, num_params=0)  # fmt: skip
 ALLOCATORS = {
     "static-max-buddy": lambda: StaticAllocator(3000, 256, "max", "buddy"),
@@ -45,7 +45,7 @@ CASES = [
 def test_engine_steps_match_the_token_reference(name, workload, preemption, graphs):
     alloc = ALLOCATORS[name]()
     wl = synthetic(
-        max_requests=40, seed=3, arrival={"process": "poisson", "rate": 400.0},
+        max_requests=30, seed=3, arrival={"process": "poisson", "rate": 400.0},
         prompt={"kind": "uniform", "low": 20, "high": 120},
         output={"kind": "uniform", "low": 10, "high": 120}, max_seq_len=256,
         **WORKLOADS[workload],
