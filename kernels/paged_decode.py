@@ -22,7 +22,6 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 HEADS_FAST = False
-ROTATE = False
 
 
 @triton.jit
@@ -91,7 +90,6 @@ def _decode_kernel(
     SPLIT: tl.constexpr,  # num_splits > 1: write partial results for the merge kernel
     CONTIGUOUS: tl.constexpr,
     HEADS_FAST: tl.constexpr,  # grid (kv_heads, seqs, splits): a token row's heads together
-    ROTATE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     if HEADS_FAST:
@@ -129,14 +127,8 @@ def _decode_kernel(
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_sum = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-    num_tiles = tl.cdiv(end - start, BLOCK_N)
-    # NOTE: programs start their walk at different tiles (the online softmax does not care
-    # about order), so concurrent programs over equally long, power-of-two-spaced ranges do
-    # not stream through the same memory partitions in lockstep
-    rot = ((seq * 5 + kv_head) % tl.maximum(num_tiles, 1)) if ROTATE else 0
-    for i in tl.range(0, num_tiles):
-        j = i + rot
-        toks = start + tl.where(j >= num_tiles, j - num_tiles, j) * BLOCK_N + offs_n
+    for tile in tl.range(start, end, BLOCK_N):
+        toks = tile + offs_n
         n_mask = toks < end
         k, v = load_kv_tile(k_head, v_head, bt_row, toks, n_mask, stride_kb, stride_kt,
                             stride_vb, stride_vt, BLOCK_SIZE, CONTIGUOUS, UPCAST)  # fmt: skip
@@ -353,7 +345,7 @@ def launch_decode(
         min_split,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SPLIT=num_splits > 1, CONTIGUOUS=contiguous,
-        HEADS_FAST=HEADS_FAST, ROTATE=ROTATE,
+        HEADS_FAST=HEADS_FAST,
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps or 4, num_stages=num_stages or 3,
     )  # fmt: skip
