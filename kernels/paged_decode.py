@@ -21,7 +21,6 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
-HEADS_FAST = False
 
 
 @triton.jit
@@ -89,15 +88,10 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,  # num_splits > 1: write partial results for the merge kernel
     CONTIGUOUS: tl.constexpr,
-    HEADS_FAST: tl.constexpr,  # grid (kv_heads, seqs, splits): a token row's heads together
     UPCAST: tl.constexpr,
 ):
-    if HEADS_FAST:
-        kv_head = tl.program_id(0)
-        seq = tl.program_id(1)
-    else:
-        seq = tl.program_id(0)
-        kv_head = tl.program_id(1)
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     # NOTE: each sequence's split size comes from its own length on the GPU, not from a host
@@ -332,10 +326,7 @@ def launch_decode(
     else:
         part_acc = part_ml = out
         part_out = out
-    grid = (
-        (num_kv_heads, num_seqs, num_splits) if HEADS_FAST else (num_seqs, num_kv_heads, num_splits)
-    )
-    _decode_kernel[grid](
+    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         part_out, part_acc, part_ml, q, k_cache, v_cache, index, seq_lens,
         scale * LOG2E,
         q.stride(0), q.stride(1),
@@ -345,7 +336,6 @@ def launch_decode(
         min_split,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SPLIT=num_splits > 1, CONTIGUOUS=contiguous,
-        HEADS_FAST=HEADS_FAST,
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps or 4, num_stages=num_stages or 3,
     )  # fmt: skip
