@@ -358,8 +358,9 @@ def main() -> None:
     table.to_csv(args.out / "kernels.csv", index=False)
     (args.out / "kernels.md").write_text(summary_markdown(table))
     from plots.kernels import kernel_bandwidth
+    from plots.style import save
 
-    kernel_bandwidth(table, args.out / "kernel_bandwidth")
+    save(kernel_bandwidth(table), args.out / "kernel_bandwidth")
     print(summary_markdown(table))
 
 

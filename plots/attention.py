@@ -37,8 +37,9 @@ def attention_overhead(table: pd.DataFrame, stem: Path) -> list[Path]:
     ax2.axhline(5, color="k", lw=0.8, ls=":", label="5% budget")
     ax2.set_ylabel("paging overhead vs contiguous (%)")
     ax2.set_title("overhead of paging")
-    ax.legend(loc="lower left")
-    ax2.legend(loc="upper left")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=4,
+               bbox_to_anchor=(0.5, -0.1))  # fmt: skip
+    ax2.legend(loc="upper right")
     fig.suptitle(
         f"Decode steps (CUDA graphs), Llama-3-8B shapes (32 layers, bf16) - {table.card.iloc[0]}"
     )
