@@ -27,7 +27,7 @@ MAX_SPLITS = 64
 def load_kv_tile(
     k_head,  # k_cache_ptr + kv_head * stride_kh + offs_d[None, :]
     v_head,  # v_cache_ptr + kv_head * stride_vh + offs_d[None, :]
-    bt_row,  # block_table_ptr + seq * stride_bt (contiguous: the sequence's first slot)
+    bt_row,  # block_table_ptr + seq * stride_bt (contiguous: unused, k/v_head at slot 0)
     toks,  # [BLOCK_N] token positions in the sequence
     n_mask,  # [BLOCK_N] positions to load
     stride_kb,
@@ -39,10 +39,10 @@ def load_kv_tile(
     UPCAST: tl.constexpr,
 ):
     """K and V rows [BLOCK_N, HEAD_DIM] of the given tokens: through the block table, or
-    (CONTIGUOUS) at the sequence's first slot + position, with no table."""
+    (CONTIGUOUS, k/v_head already at the sequence's first slot) at their positions."""
     kv_mask = n_mask[:, None]
     if CONTIGUOUS:
-        rows = (tl.load(bt_row).to(tl.int64) + toks)[:, None]  # [BLOCK_N, 1] slots
+        rows = toks.to(tl.int64)[:, None]  # [BLOCK_N, 1] slots after the sequence's first
         k = tl.load(k_head + rows * stride_kt, mask=kv_mask, other=0.0)
         v = tl.load(v_head + rows * stride_vt, mask=kv_mask, other=0.0)
     else:
@@ -117,6 +117,10 @@ def _decode_kernel(
     bt_row = block_table_ptr + seq * stride_bt
     k_head = k_cache_ptr + kv_head * stride_kh + offs_d[None, :]
     v_head = v_cache_ptr + kv_head * stride_vh + offs_d[None, :]
+    if CONTIGUOUS:  # the range's first slot, read once: no table load inside the loop
+        first = tl.load(bt_row).to(tl.int64)
+        k_head += first * stride_kt
+        v_head += first * stride_vt
 
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_sum = tl.zeros([BLOCK_G], tl.float32)

@@ -74,6 +74,10 @@ def _prefill_kernel(
     bt_row = block_table_ptr + seq * stride_bt
     k_head = k_cache_ptr + kv_head * stride_kh + offs_d[None, :]
     v_head = v_cache_ptr + kv_head * stride_vh + offs_d[None, :]
+    if CONTIGUOUS:  # the range's first slot, read once: no table load inside the loop
+        first = tl.load(bt_row).to(tl.int64)
+        k_head += first * stride_kt
+        v_head += first * stride_vt
     q_pos = first_pos + offs_m  # [BLOCK_M]
     # keys past this tile's last query are masked anyway; tiles past the queries do nothing
     hi = tl.where(m_tile * BLOCK_M < q_len, tl.minimum(ctx, first_pos + (m_tile + 1) * BLOCK_M), 0)
