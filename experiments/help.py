@@ -19,7 +19,7 @@ FOOTER = """\
 Every option's keys can be overridden too (allocator.block_size=32, workload.max_requests=100);
 `kvbench [overrides] --cfg job` prints the composed config. Hydra's own flags: --hydra-help."""
 
-GROUPS = ("allocator", "workload", "sampling", "model", "gpu", "backend", "experiment", "sweep")
+GROUPS = ("allocator", "workload", "sampling", "model", "backend", "experiment", "sweep")
 
 
 def _describe(group: str, option: str) -> str:
@@ -50,8 +50,9 @@ def _options() -> dict[str, list[str]]:
 
     with initialize_config_module("experiments.conf", version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        groups = [g for g in GROUPS if g in loader.list_groups("")]
-        groups += [g for g in loader.list_groups("") if g not in (*GROUPS, "hydra")]
+        top = [g for g in GROUPS if g in loader.list_groups("")]
+        top += [g for g in loader.list_groups("") if g not in (*GROUPS, "hydra")]
+        groups = [x for g in top for x in (g, *(f"{g}/{s}" for s in loader.list_groups(g)))]
         out = {g: loader.get_group_options(g) for g in groups}
         out["hydra/launcher"] = loader.get_group_options("hydra/launcher")
     return out

@@ -176,3 +176,18 @@ def test_new_sweeps_set_no_backend_only_keys(sweep):
     """They must run unchanged with backend=attention: no gpu profile, no backend keys."""
     text = (Path(__file__).parents[2] / "experiments/conf/sweep" / f"{sweep}.yaml").read_text()
     assert "gpu" not in text and "backend" not in text
+
+
+@pytest.mark.parametrize("sweep", ["seq_len", "concurrency"])
+def test_sweeps_compose_with_the_attention_backend(sweep):
+    from hydra import compose, initialize_config_module
+
+    import experiments  # noqa: F401  (registers kvbench.scale_int)
+
+    overrides = [f"sweep={sweep}", "backend=attention"]
+    overrides += ["seq_len_scale=2"] if sweep == "seq_len" else []
+    with initialize_config_module("experiments.conf", version_base="1.3"):
+        cfg = compose("config", overrides)
+    assert cfg.backend._target_.endswith("AttentionBackend")
+    want = 4096 if sweep == "seq_len" else 2048
+    assert cfg.max_seq_len == cfg.backend.max_seq_len == want
