@@ -72,7 +72,7 @@ def test_a_corrupt_summary(tmp_path):
 
 def test_ctrl_c_during_a_sweep_says_what_finished(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "allocator.block_size=1,2,4,8,16,32", "workload.max_requests=600"]
+    args = ["-m", "allocator.block_size=1,2,4,8,16,32,64,128", "workload.max_requests=600"]
     args += ["progress=false", "kv_budget_gib=2", f"hydra.sweep.dir={sweep}"]
     p = subprocess.Popen(
         [*KVBENCH, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -85,14 +85,14 @@ def test_ctrl_c_during_a_sweep_says_what_finished(tmp_path):
     assert p.returncode == 130 and "Traceback" not in out + err, (p.returncode, out, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     finished = len(list(sweep.rglob("summary.json")))
-    assert 1 <= finished < 6 and len(lines) == 1, (finished, out, err)
+    assert 1 <= finished < 8 and len(lines) == 1, (finished, out, err)
     assert lines[0] == (
-        f"interrupted: {finished} of 6 jobs finished in {sweep}; run the same command with "
+        f"interrupted: {finished} of 8 jobs finished in {sweep}; run the same command with "
         f"hydra.sweep.dir={sweep} to run the rest (finished jobs are skipped)"
     )
     r = kvbench(*args)
     assert r.stdout.count("skipped") == finished
-    assert len(list(sweep.rglob("summary.json"))) == 6
+    assert len(list(sweep.rglob("summary.json"))) == 8
 
 
 def test_kernel_bench_without_cuda():
