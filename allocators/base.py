@@ -34,6 +34,15 @@ class TokenSource(Protocol):
         """A key equal for two sources exactly when their tokens [start, end) are equal."""
         ...
 
+    def block_keys(self, first: int, last: int, block_size: int) -> list[Hashable]:
+        """The block_key of blocks first..last-1 of block_size tokens, in one call."""
+        ...
+
+    def runs(self, start: int, end: int) -> tuple[tuple[Hashable, int, int], ...]:
+        """Tokens [start, end) as runs (source, offset, length): two tokens are equal exactly
+        when their (source, position) are (allocators/token_runs.py)."""
+        ...
+
 
 class SeqLike(Protocol):
     """What an allocator reads of a sequence."""

@@ -29,21 +29,27 @@ sequence's tree path and a multiple of block_size; every counter matches a recou
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
 
-from allocators import radix_swap
-from allocators.base import NO_CHANGE, Allocation, MemoryUsage, Run, SeqLike, Swapped, cdiv
+from allocators import radix_steps, radix_swap
+from allocators.base import (
+    NO_CHANGE,
+    Allocation,
+    MemoryUsage,
+    Run,
+    SeqLike,
+    Swapped,
+    TokenSource,
+    cdiv,
+)
+from allocators.block_pool import BlockPool
 from allocators.radix_tree import Node, RadixTree
-from allocators.token_runs import Key
+from allocators.token_runs import Key, split_key
 
 _new = tuple.__new__
-
-
-class RunSource(Protocol):
-    def runs(self, start: int, end: int) -> Key: ...
+MAX_WAITING = 1024  # refused admissions whose match is remembered
 
 
 @dataclass(slots=True, eq=False)
@@ -53,7 +59,7 @@ class _Seq:
     own: list[int]  # its blocks after `cached`
     num_tokens: int
     final_len: int
-    tokens: RunSource
+    tokens: TokenSource
     mark: int = 0  # tree nodes numbered from here on were made by its admission (`abort`)
 
 
@@ -63,14 +69,16 @@ class RadixAllocator:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._free: deque[int] = deque(range(1, num_blocks + 1))
-        self.tree = RadixTree(block_size, self._free.extend)
+        self._pool = BlockPool(num_blocks)  # every held block is held once: tree or sequence
+        self.tree = RadixTree(block_size, self._pool.drop)
         self._seqs: dict[int, _Seq] = {}
         self._own_tokens = 0  # sum over sequences of num_tokens - cached
         self._own_blocks = 0
         self._reserved = 0  # sum of _reserve_of
         self._logical = 0  # sum of num_tokens
         self._cached = 0  # sum of cached
+        # seq_id -> (max hit, node, tokens matched, key after them) of refused admissions
+        self._waiting: OrderedDict[int, tuple[int, Node, int, Key]] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -79,18 +87,17 @@ class RadixAllocator:
     @property
     def num_free_blocks(self) -> int:
         """Blocks an allocation can get: free ones and evictable cached ones."""
-        return len(self._free) + self.tree.evictable_size // self.block_size
+        return len(self._pool) + self.tree.evictable_size // self.block_size
 
     # --- blocks ----------------------------------------------------------------------------
     def _take(self, n: int) -> list[int] | None:
         """n blocks off the front of the free queue, evicting cached ones only if needed."""
-        short = n - len(self._free)
+        short = n - len(self._pool)
         if short > 0:
             if short * self.block_size > self.tree.evictable_size:
                 return None
             self.tree.evict(short * self.block_size)
-        popleft = self._free.popleft
-        return [popleft() for _ in range(n)]
+        return self._pool.take(n)
 
     def _reserve_of(self, st: _Seq) -> int:
         room = st.cached + len(st.own) * self.block_size
@@ -112,7 +119,7 @@ class RadixAllocator:
             return
         num = (end - st.cached) // bs
         dup, node = self.tree.insert(st.tokens.runs(st.cached, end), st.own[:num], st.node)
-        self._free.extend(st.own[: dup // bs])
+        self._pool.drop(st.own[: dup // bs])
         self.tree.lock(node)
         self.tree.unlock(st.node)
         self._add(st, -1)
@@ -138,26 +145,47 @@ class RadixAllocator:
     def _admit(self, seq: SeqLike, n: int) -> Allocation | None:
         if n < 1:
             raise ValueError(f"sequence {seq.seq_id}: admission needs at least one token")
-        tokens = cast(RunSource, seq.tokens)
-        max_hit = n - 1 if n >= seq.prompt_len else n
+        tokens = seq.tokens
         mark = self.tree.next_node_id
-        node, cached, _ = self.tree.match(tokens.runs(0, max_hit))
+        node, cached = self._match(seq, n)
         self.tree.lock(node)
         own = self._take(cdiv(n - cached, self.block_size))
         if own is None:
             self.tree.unlock(node)
             return None
+        del self._waiting[seq.seq_id]
         st = _Seq(node, cached, own, n, seq.final_len, tokens, mark)
         self._seqs[seq.seq_id] = st
         self._add(st, 1)
         self._publish(st)
         return Allocation(tuple(self.block_table(seq.seq_id)), num_cached_tokens=cached)
 
+    def _match(self, seq: SeqLike, n: int) -> tuple[Node, int]:
+        """The cached prefix of seq's first n tokens, at most n - 1 of the prompt's.
+
+        NOTE: a refused request is matched again every step (SGLang too: it touches the
+        path); the last match resumes where it ended, unless that node was evicted since."""
+        max_hit = n - 1 if n >= seq.prompt_len else n
+        memo = self._waiting.pop(seq.seq_id, None)
+        if memo is not None and memo[0] == max_hit and not memo[1].deleted:
+            _, start, done, rest = memo
+            node, more, _ = self.tree.match(rest, start)
+            cached = done + more
+            rest = split_key(rest, more)[1] if more else rest
+        else:
+            key = self.tree.aligned(seq.tokens.runs(0, max_hit))
+            node, cached, _ = self.tree.match(key)
+            rest = split_key(key, cached)[1]
+        self._waiting[seq.seq_id] = (max_hit, node, cached, rest)
+        if len(self._waiting) > MAX_WAITING:
+            self._waiting.popitem(last=False)
+        return node, cached
+
     def decode(
         self, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None
     ) -> int:
         """Growth never copies: a sequence's own blocks are never shared."""
-        states, bs, free = self._seqs, self.block_size, self._free
+        states, bs, free, pop = self._seqs, self.block_size, self._pool.free, self._pool.pop
         fast = 0  # tokens written into own last blocks, counted in once at the end
         for i in range(start, len(seqs)):
             st = states[seqs[i].seq_id]
@@ -168,7 +196,7 @@ class RadixAllocator:
                 fast += 1
                 continue
             if n == room + 1 and n <= st.final_len and free:  # full: one more block
-                st.own.append(free.popleft())
+                st.own.append(pop())
                 st.num_tokens = n
                 self._own_blocks += 1
                 self._own_tokens += 1
@@ -187,54 +215,7 @@ class RadixAllocator:
         self._reserved -= n
 
     def decode_steps(self, seqs: Sequence[SeqLike], num_steps: int) -> list[MemoryUsage] | None:
-        bs, k = self.block_size, num_steps
-        states = [self._seqs[s.seq_id] for s in seqs]
-        crossings = []  # (step, position in seqs): that step writes into a new block
-        for j, st in enumerate(states):
-            n, room = st.num_tokens, st.cached + len(st.own) * bs
-            if n + k > st.final_len:
-                return None
-            if room - n < k:
-                crossings += [(t, j) for t in range(room - n + 1, k + 1, bs)]
-        if len(crossings) > self.num_free_blocks:
-            return None
-        crossings.sort()  # per step, in sequence order: the order decode() takes blocks in
-        # NOTE: evicting the whole shortfall now frees the same leaves, in the same order, as
-        # step-by-step decoding would, and evicted blocks count as free either way.
-        new = self._take(len(crossings))
-        assert new is not None
-        new_blocks, new_room = [0] * (k + 1), [0] * (k + 1)
-        for (t, j), b in zip(crossings, new):
-            st = states[j]
-            new_room[t] += min(bs, st.final_len - st.cached - len(st.own) * bs)
-            st.own.append(b)
-            new_blocks[t] += 1
-        return self._steps_usage(states, k, new_blocks, new_room)
-
-    def _steps_usage(
-        self, states: list[_Seq], k: int, new_blocks: list[int], new_room: list[int]
-    ) -> list[MemoryUsage]:
-        """Advance every sequence k tokens; the usage after each step."""
-        bs, num = self.block_size, len(states)
-        cap, protected = self.num_blocks * bs, self.tree.protected_size
-        own_blocks = self._own_blocks
-        tokens, reserved, logical = self._own_tokens, self._reserved, self._logical
-        usages = []
-        for t in range(1, k + 1):
-            own_blocks += new_blocks[t]
-            tokens += num
-            logical += num
-            reserved += new_room[t] - num
-            internal = own_blocks * bs - tokens - reserved
-            usages.append(_new(MemoryUsage, (
-                cap, protected + tokens, reserved, internal, 0,
-                cap - protected - tokens - reserved - internal, logical,
-                self._cached + own_blocks * bs)))  # fmt: skip
-        self._own_blocks, self._own_tokens = own_blocks, tokens
-        self._reserved, self._logical = reserved, logical
-        for st in states:
-            st.num_tokens += k
-        return usages
+        return radix_steps.decode_steps(self, seqs, num_steps)
 
     def fork(self, parent_id: int, child: SeqLike) -> Allocation | None:
         p = self._seqs[parent_id]
@@ -245,8 +226,7 @@ class RadixAllocator:
         own = self._take(1) if tail else []
         assert own is not None  # publishing freed blocks or locked evictable ones: room stays
         self.tree.lock(p.node)
-        st = _Seq(p.node, p.cached, own, p.num_tokens, child.final_len,
-                  cast(RunSource, child.tokens), p.mark)  # fmt: skip
+        st = _Seq(p.node, p.cached, own, p.num_tokens, child.final_len, child.tokens, p.mark)
         self._seqs[child.seq_id] = st
         self._add(st, 1)
         copies = ((p.own[0], own[0], 1),) if tail else ()
@@ -257,19 +237,11 @@ class RadixAllocator:
         self._publish(st)
         del self._seqs[seq_id]
         self._add(st, -1)
-        self._free.extend(st.own)
+        self._pool.drop(st.own)
         self.tree.unlock(st.node)
 
     def abort(self, seq_ids: Sequence[int]) -> None:
-        """Unlike `free`, publishes nothing, and takes back out of the tree the blocks their
-        admission put there: their KV was never written."""
-        states = [self._seqs.pop(sid) for sid in seq_ids]
-        for st in states:
-            self._add(st, -1)
-            self._free.extend(st.own)
-            self.tree.unlock(st.node)
-        for st in states:
-            self.tree.drop_new_leaves(st.node, st.mark)
+        radix_swap.abort(self, seq_ids)
 
     def swap_out(self, seq_ids: Sequence[int]) -> Swapped:
         return radix_swap.swap_out(self, seq_ids)
@@ -313,12 +285,16 @@ class RadixAllocator:
             assert len(st.own) == cdiv(st.num_tokens - st.cached, bs), "own blocks"
             owned += st.own
         in_tree = self.tree.check_invariants(locks)
-        every = [*self._free, *in_tree, *owned]
-        assert sorted(every) == list(range(1, self.num_blocks + 1)), "a block is lost or shared"
+        refs = [0] * (self.num_blocks + 1)
+        for b in [*in_tree, *owned]:
+            refs[b] += 1  # a block held twice shows as refcount 2: the pool check fails
+        self._pool.check_invariants(refs)
         seqs = self._seqs.values()
         assert self._own_tokens == sum(st.num_tokens - st.cached for st in seqs)
         assert self._own_blocks == len(owned)
         assert self._reserved == sum(self._reserve_of(st) for st in seqs)
         assert self._logical == sum(st.num_tokens for st in seqs)
         assert self._cached == sum(st.cached for st in seqs)
+        for _, node, cached, _ in self._waiting.values():  # a remembered match: still its path
+            assert node.deleted or len(self._path_blocks(node)) * bs == cached
         self.usage().check()

@@ -1,4 +1,4 @@
-"""Swapping for the radix allocator: a group's blocks to host memory and back.
+"""Group operations of the radix allocator: swapping to host memory and back, and abort.
 
 `swap_out` copies every block of the group's tables to host (a block several of them hold,
 once) and frees the sequences as `free` does: their tokens stay in the tree as evictable
@@ -17,7 +17,7 @@ So `swapped_in` lists only the host blocks whose tokens the device no longer cac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from allocators.base import Allocation, SeqLike, Swapped, cdiv, runs
 
@@ -39,13 +39,13 @@ def swap_out(a: RadixAllocator, seq_ids: Sequence[int]) -> Swapped:
 def swap_in(
     a: RadixAllocator, swapped: Swapped, seqs: Sequence[SeqLike], num_tokens: int = 0
 ) -> Allocation | None:
-    from allocators.radix import RunSource, _Seq
+    from allocators.radix import _Seq
 
     if len(seqs) != len(swapped.tables):
         raise ValueError("swap_in needs exactly the sequences that were swapped out")
     bs, tree = a.block_size, a.tree
     tables = [swapped.tables[s.seq_id] for s in seqs]
-    sources = [cast(RunSource, s.tokens) for s in seqs]
+    sources = [s.tokens for s in seqs]
     held = []  # what the tree still caches of each sequence, locked from here on
     for tokens, (_, n) in zip(sources, tables):
         node, cached, _ = tree.match(tokens.runs(0, n))
@@ -78,3 +78,15 @@ def swap_in(
             assert out is not None, "swap_in growth was counted wrong"
             taken += out.new_block_ids
     return Allocation(tuple(taken), swapped_in=runs(sorted(pairs)))
+
+
+def abort(a: RadixAllocator, seq_ids: Sequence[int]) -> None:
+    """Unlike `free`, publishes nothing, and takes back out of the tree the blocks their
+    admission put there: their KV was never written."""
+    states = [a._seqs.pop(sid) for sid in seq_ids]
+    for st in states:
+        a._add(st, -1)
+        a._pool.drop(st.own)
+        a.tree.unlock(st.node)
+    for st in states:
+        a.tree.drop_new_leaves(st.node, st.mark)

@@ -94,12 +94,22 @@ class RadixTree:
         return n - n % self.block_size
 
     # --- the SGLang operations ----------------------------------------------------------------
-    def match(self, key: Key) -> tuple[Node, int, list[int]]:
+    def match(self, key: Key, node: Node | None = None) -> tuple[Node, int, list[int]]:
         """Longest cached prefix of key (floored to whole blocks): (its last node, its length in
-        tokens, its block ids). A match that ends inside an edge splits that edge."""
+        tokens, its block ids). A match that ends inside an edge splits that edge.
+
+        With `node`, key continues the tokens of node's path (a match resumed there): the
+        path counts as matched again (touched) and the result counts from node on."""
         self._tick += 1
         key = self.aligned(key)
-        node, matched, block_ids = self.root, 0, []
+        if node is None:
+            node = self.root
+        else:
+            up = node
+            while up is not self.root:
+                up.last_access = self._tick
+                up = up.parent  # type: ignore[assignment]
+        matched, block_ids = 0, []
         while key:
             child = node.children.get(self.child_key(key))
             if child is None:

@@ -43,6 +43,9 @@ class GroupMemory:
         self.num_host_blocks = 0
         """Host blocks holding swapped-out groups now."""
         self._next_seq_id = 0
+        # NOTE: a new group refused admission keeps its first sequence for the next attempt,
+        # so the allocator sees the same sequence (a prefix cache hashes its prompt once)
+        self._refused: dict[int, Seq] = {}
 
     def new_seq(self, req: Request) -> Seq:
         self._next_seq_id += 1
@@ -88,14 +91,16 @@ class GroupMemory:
         return self._admitted(g, prefills, sum(c for _, c, _ in prefills), [])
 
     def _admit_new(self, g: Group, n: int) -> bool:
-        s = self.new_seq(g.req)
+        s = self._refused.pop(g.req.req_id, None) or self.new_seq(g.req)
         out = self.alloc.allocate(s, n)
         if out is None:
+            self._refused[g.req.req_id] = s
             return False
         seqs, copies = [s], []
         while len(seqs) < g.num_seqs and (child := self.fork(s, n, copies)) is not None:
             seqs.append(child)
         if len(seqs) < g.num_seqs:
+            self._refused[g.req.req_id] = s
             return self._undo(seqs)
         g.seqs = seqs
         hits = out.num_cached_tokens

@@ -70,6 +70,27 @@ class Tokens:
             i += 1
         return key[0] if len(key) == 1 else tuple(key)
 
+    def block_keys(self, first: int, last: int, block_size: int) -> list[Hashable]:
+        """[block_key(i * block_size, (i + 1) * block_size) for i in range(first, last)]:
+        the blocks inside one piece in one comprehension (the prefix cache hashes them all)."""
+        starts, bs = self._starts, block_size
+        if first * bs >= starts[-1]:  # all in the open-ended last piece (generated tokens)
+            src, off = self._sources[-1], self._offsets[-1] + first * bs - starts[-1]
+            return [(src, o, bs) for o in range(off, off + (last - first) * bs, bs)]
+        out: list[Hashable] = []
+        i = first
+        while i < last:
+            p = bisect.bisect_right(starts, i * bs) - 1
+            inside = last if p + 1 == len(starts) else min(last, starts[p + 1] // bs)
+            if inside > i:  # blocks i .. inside-1 lie in piece p
+                src, off = self._sources[p], self._offsets[p] + i * bs - starts[p]
+                out += [(src, o, bs) for o in range(off, off + (inside - i) * bs, bs)]
+                i = inside
+            else:  # the block spans a piece boundary
+                out.append(self.block_key(i * bs, (i + 1) * bs))
+                i += 1
+        return out
+
     def runs(self, start: int, end: int) -> tuple[tuple[Source, int, int], ...]:
         """Tokens [start, end) as runs (source, offset, length), in order (the radix tree's
         keys). Adjacent pieces never continue one another, so equal tokens give equal runs."""

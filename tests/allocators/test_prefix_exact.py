@@ -7,7 +7,16 @@ from tests.allocators.seqs import child, seq
 
 
 def free_queue(a: PrefixAllocator) -> list[int]:
-    return list(a._free)
+    return list(a._pool.free)
+
+
+def block_hash(a: PrefixAllocator, b: int) -> int | None:
+    return a._cache.block_hash[b]
+
+
+def cached(a: PrefixAllocator) -> dict[int, list[int]]:
+    """hash -> its cached blocks, oldest first."""
+    return {h: [b, *a._cache.later.get(h, [])] for h, b in a._cache.first.items()}
 
 
 def test_hit_reuse_and_free_order():
@@ -40,8 +49,8 @@ def test_fully_cached_prompt_recomputes_its_last_block():
     s2 = seq(2, prompt_len=8, output_len=3, shared_prefix=8)
     out = a.allocate(s2, 8)  # a hit covers at most prompt_len - 1 tokens
     assert out.num_cached_tokens == 4 and a.block_table(2) == [1, 3]
-    h2 = a._meta[2][0]
-    assert a._meta[3][0] == h2 and a._cached[h2] == [2, 3]  # registered again, not deduplicated
+    h2 = block_hash(a, 2)
+    assert block_hash(a, 3) == h2 and cached(a)[h2] == [2, 3]  # registered again, not deduplicated
     a.free(1)
     a.free(2)
     assert free_queue(a) == [4, 5, 6, 2, 3, 1]
@@ -57,14 +66,14 @@ def test_lru_eviction_and_atomic_failure():
     a.allocate(s1, 5)  # [1, 2, 3]; 1 and 2 cached
     a.free(1)
     assert free_queue(a) == [3, 4, 2, 1]
-    evicted = a._meta[2][0]
+    evicted = block_hash(a, 2)
     s2 = seq(2, prompt_len=6, output_len=1)
     a.allocate(s2, 6)  # pops 3, 4 and evicts 2, the least recently freed cached block
-    assert a.block_table(2) == [3, 4, 2] and evicted not in a._cached
+    assert a.block_table(2) == [3, 4, 2] and evicted not in cached(a)
     s3 = seq(3, prompt_len=5, output_len=1, shared_prefix=4)
-    before = (free_queue(a), a.usage(), dict(a._cached))
+    before = (free_queue(a), a.usage(), cached(a))
     assert a.allocate(s3, 5) is None  # would hit block 1, but needs 2 more of 0 left
-    assert (free_queue(a), a.usage(), dict(a._cached)) == before
+    assert (free_queue(a), a.usage(), cached(a)) == before
     a.free(2)
     out = a.allocate(s3, 5)
     assert out.num_cached_tokens == 2 and a.block_table(3) == [1, 2, 4]
@@ -79,8 +88,26 @@ def test_decode_blocks_are_cached_and_forks_share_them():
     a.fork(1, kid)
     out = a.allocate(p, 1)  # parent fills the shared tail: copy-on-write to block 3
     assert out.copies == ((2, 3, 1),) and a.block_table(1) == [1, 3]
-    assert a._meta[3][0] == a._seqs[1].hashes[1]  # the full decode block is registered
+    assert block_hash(a, 3) == a._cache.chains[1].hashes[1]  # the full decode block: registered
     out = a.allocate(kid, 1)  # the child keeps block 2 and fills it in place
     assert out.copies == () and a.block_table(2) == [1, 2]
-    assert a._meta[2][0] != a._meta[3][0]  # different generated tokens, different hashes
+    assert block_hash(a, 2) != block_hash(a, 3)  # different generated tokens, different hashes
+    a.check_invariants()
+
+
+def test_a_refused_request_retried_sees_evictions_since():
+    """The lookup of a refused request is remembered; a hit evicted meanwhile must drop out."""
+    a = PrefixAllocator(num_blocks=6, block_size=2)
+    a.allocate(seq(1, prompt_len=5, output_len=1, shared_prefix=4), 5)  # [1, 2, 3]
+    a.free(1)
+    assert free_queue(a) == [3, 4, 5, 6, 2, 1]
+    a.allocate(seq(9, prompt_len=4, output_len=1), 4)  # [3, 4]
+    s2 = seq(2, prompt_len=9, output_len=1, shared_prefix=4)
+    assert a.allocate(s2, 9) is None  # hits 1, 2; needs 3 more of the 2 left
+    a.allocate(seq(8, prompt_len=6, output_len=1), 6)  # [5, 6, 2]: evicts cached block 2
+    a.free(8)
+    a.free(9)
+    assert free_queue(a) == [1, 2, 6, 5, 4, 3]
+    out = a.allocate(s2, 9)  # the same sequence again: only block 1 still holds its prefix
+    assert out.num_cached_tokens == 2 and a.block_table(2) == [1, 2, 6, 5, 4]
     a.check_invariants()

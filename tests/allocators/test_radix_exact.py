@@ -8,7 +8,7 @@ from tests.allocators.seqs import child, seq
 
 
 def free_queue(a: RadixAllocator) -> list[int]:
-    return list(a._free)
+    return list(a._pool.free)
 
 
 def test_hit_shares_the_prefix_and_free_keeps_it_cached():

@@ -31,6 +31,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.a = self.make(data)
         self.live = {}  # seq_id -> Seq
         self.swapped = []  # (Swapped, its sequences)
+        self.refused = []  # sequences an admission refused
         self.next_id = 0
 
     def _snapshot(self):
@@ -54,6 +55,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         out = self.a.allocate(s, prompt)
         if out is None:
             assert self._snapshot() == before, "a failed admission changed state"
+            self.refused.append(s)
             return
         self.live[s.seq_id] = s
         assert self.a.num_tokens(s.seq_id) == prompt
@@ -85,8 +87,22 @@ class AllocatorMachine(RuleBasedStateMachine):
         if isinstance(self.a, RadixAllocator):
             return self.a.tree.match(s.tokens.runs(0, s.prompt_len))[1] // self.a.block_size
         if isinstance(self.a, PrefixAllocator):
-            return len(self.a._lookup(s, s.prompt_len // self.a.block_size)[0])
+            return len(self.a._cache.lookup(s, s.prompt_len // self.a.block_size))
         return 0
+
+    @precondition(lambda self: self.refused)
+    @rule(data=st.data())
+    def retry(self, data):
+        """A refused sequence tries again (the engine keeps it): what the allocator learnt
+        about it then (a prefix cache's hits) must not go stale."""
+        s = self.refused.pop(data.draw(st.integers(0, len(self.refused) - 1)))
+        before = self._snapshot()
+        out = self.a.allocate(s, s.prompt_len)
+        if out is None:
+            assert self._snapshot() == before, "a failed admission changed state"
+            self.refused.append(s)
+        else:
+            self.live[s.seq_id] = s
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), k=st.integers(1, 3))

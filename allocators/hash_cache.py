@@ -1,0 +1,244 @@
+"""vLLM's automatic prefix caching as a cache policy over a block pool (vllm/v1/core).
+
+Every full block gets a chained hash h_i = hash((h_{i-1}, key_i)), key_i being the block's
+tokens as `TokenSource.block_keys` gives them (h_{-1} = 0). A lookup walks a sequence's chain
+and takes every block whose hash is cached and whose (parent hash, key) match - tokens are
+re-checked, a hash alone is never trusted.
+
+    block_hash[b], block_meta[b]   a cached block's hash and (parent hash, key), else None
+    first[h]                       the oldest cached block of hash h (what a lookup takes)
+    later[h]                       younger blocks of hash h, oldest first (recomputed copies)
+    chains[seq_id]                 a live sequence's hashes and keys, computed once and
+                                   extended as it grows; registration reuses what its
+                                   admission's lookup computed
+    pending[seq_id]                the same for sequences not admitted yet: a waiting request
+                                   refused again and again hashes its prompt once (the most
+                                   recent MAX_PENDING are kept)
+
+A block stays cached until the pool hands it out again (`on_reuse`); freed cached blocks go
+to the back of the free queue (LRU), others to the front. Blocks are registered when
+allocated, before their KV is written: an admission rolled back in its step (`abort`)
+unregisters the blocks it took, keeping those it found. Block tables are append-only:
+a recomputed block whose hash is already cached is registered too (nothing is deduplicated).
+
+Invariants (`check_invariants`): first/later hold exactly the blocks with a hash, each under
+its own hash; every block of a live sequence's registered prefix holds that prefix's hash.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from allocators.base import SeqLike
+from allocators.block_pool import CachingBlockPool
+
+ROOT = 0  # parent hash of the first block
+MAX_PENDING = 1024
+
+
+class Holder(Protocol):
+    """A live sequence's state as its allocator keeps it."""
+
+    table: list[int]
+    num_tokens: int
+
+
+@dataclass(slots=True)
+class Chain:
+    hashes: list[int] = field(default_factory=list)
+    keys: list[Hashable] = field(default_factory=list)
+    num_registered: int = 0  # leading blocks whose table entries carry their hash
+    hits: list[int] = field(default_factory=list)  # the last lookup's result (while pending)
+    hits_at: int = -1  # the cache's watch_epoch then
+
+
+class HashChainCache:
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        self.pool = CachingBlockPool(num_blocks, self.uncache)
+        self.block_size = block_size
+        pool = self.pool
+        self.block_hash: list[int | None] = [None] * (pool.num_blocks + 1)
+        self.block_meta: list[tuple[int, Hashable] | None] = [None] * (pool.num_blocks + 1)
+        self.first: dict[int, int] = {}
+        self.later: dict[int, list[int]] = {}
+        self.chains: dict[int, Chain] = {}
+        self.pending: OrderedDict[int, Chain] = OrderedDict()
+        self.watch: dict[int, int] = {}  # block -> pending chains whose last hits hold it
+        self.watch_epoch = 0  # evictions of watched blocks so far
+
+    def chain(self, seq: SeqLike, num_blocks: int) -> Chain:
+        """seq's chain, computed up to num_blocks blocks."""
+        ch = self.chains.get(seq.seq_id) or self.pending.get(seq.seq_id)
+        if ch is None:
+            ch = self.pending[seq.seq_id] = Chain()
+            if len(self.pending) > MAX_PENDING:
+                self._unwatch(self.pending.popitem(last=False)[1])
+        if len(ch.hashes) < num_blocks:
+            self._extend(ch, seq, num_blocks)
+        return ch
+
+    def _extend(self, ch: Chain, seq: SeqLike, num_blocks: int) -> None:
+        done = len(ch.hashes)
+        keys = seq.tokens.block_keys(done, num_blocks, self.block_size)
+        parent = ch.hashes[-1] if done else ROOT
+        hashes = ch.hashes
+        for key in keys:
+            parent = hash((parent, key))
+            hashes.append(parent)
+        ch.keys += keys
+
+    def lookup(self, seq: SeqLike, max_blocks: int) -> list[int]:
+        """The cached blocks of seq's leading full blocks (at most max_blocks); the list is
+        the cache's own (read it, do not change it).
+
+        NOTE: a refused request is looked up again every step. Its last hits are watched:
+        they stay valid unless a watched block was evicted since (then each is checked),
+        and can only grow past the end, so a retry costs one probe, not a walk."""
+        ch = self.pending.get(seq.seq_id)
+        if (  # the common retry: nothing watched went, and the next block is not cached
+            ch is not None
+            and ch.hits_at == self.watch_epoch
+            and len(ch.hits) < max_blocks <= len(ch.hashes)
+            and ch.hashes[len(ch.hits)] not in self.first
+        ):
+            return ch.hits
+        ch = self.chain(seq, max_blocks)
+        hashes, hits, block_hash = ch.hashes, ch.hits, self.block_hash
+        keep = min(len(hits), max_blocks)
+        if ch.hits_at != self.watch_epoch:  # a watched block went: keep the hits before it
+            keep = next((i for i in range(keep) if block_hash[hits[i]] != hashes[i]), keep)
+        if keep < len(hits):
+            self._unwatch(ch, keep)
+        hits = ch.hits
+        first, meta, keys, watch = self.first, self.block_meta, ch.keys, self.watch
+        parent = hashes[len(hits) - 1] if hits else ROOT
+        for i in range(len(hits), max_blocks):
+            h = hashes[i]
+            b = first.get(h)
+            if b is None or meta[b] != (parent, keys[i]):
+                break
+            hits.append(b)
+            watch[b] = watch.get(b, 0) + 1
+            parent = h
+        ch.hits_at = self.watch_epoch
+        return hits
+
+    def _walk(self, ch: Chain, max_blocks: int) -> list[int]:
+        """The hits of ch's first max_blocks blocks, walked from scratch (for checks)."""
+        hits: list[int] = []
+        parent = ROOT
+        for h, key in zip(ch.hashes[:max_blocks], ch.keys):
+            b = self.first.get(h)
+            if b is None or self.block_meta[b] != (parent, key):
+                break
+            hits.append(b)
+            parent = h
+        return hits
+
+    def _unwatch(self, ch: Chain, keep: int = 0) -> None:
+        """ch keeps only its first `keep` hits."""
+        watch = self.watch
+        for b in ch.hits[keep:]:
+            if watch[b] == 1:
+                del watch[b]
+            else:
+                watch[b] -= 1
+        del ch.hits[keep:]
+
+    def register(self, seq: SeqLike, table: Sequence[int], num_tokens: int) -> None:
+        """The full blocks of `table` (seq's) are cached from now on."""
+        ch = self.chains.get(seq.seq_id) or self.admit(seq.seq_id)
+        num_full = num_tokens // self.block_size
+        if ch.num_registered < num_full:
+            self._register(ch, seq, table, num_full)
+
+    def register_grown(self, seqs: Sequence[SeqLike], states: Sequence[Holder]) -> None:
+        """`register` for every live sequence of a decode stretch (one call, fewer frames)."""
+        chains, bs = self.chains, self.block_size
+        for seq, st in zip(seqs, states):
+            ch = chains[seq.seq_id]
+            num_full = st.num_tokens // bs
+            if ch.num_registered < num_full:
+                self._register(ch, seq, st.table, num_full)
+
+    def _register(self, ch: Chain, seq: SeqLike, table: Sequence[int], num_full: int) -> None:
+        if len(ch.hashes) < num_full:
+            self._extend(ch, seq, num_full)
+        block_hash, meta, first, hashes = self.block_hash, self.block_meta, self.first, ch.hashes
+        for i in range(ch.num_registered, num_full):
+            b = table[i]
+            if block_hash[b] is None:
+                h = hashes[i]
+                block_hash[b] = h
+                meta[b] = (hashes[i - 1] if i else ROOT, ch.keys[i])
+                if h in first:
+                    self.later.setdefault(h, []).append(b)
+                else:
+                    first[h] = b
+        ch.num_registered = num_full
+
+    def admit(self, seq_id: int) -> Chain:
+        """seq_id is live: its chain (computed while it waited, if it was) stays."""
+        ch = self.chains[seq_id] = self.pending.pop(seq_id, Chain())
+        self._unwatch(ch)
+        return ch
+
+    def fork(self, parent_id: int, child_id: int, num_tokens: int) -> None:
+        """The child holds the parent's first num_tokens tokens: their full blocks' chain."""
+        p = self.chains.get(parent_id)
+        if p is None:
+            return
+        k = min(num_tokens // self.block_size, len(p.hashes))
+        self.chains[child_id] = Chain(p.hashes[:k], p.keys[:k], min(p.num_registered, k))
+
+    def forget(self, seq_id: int) -> None:
+        self.chains.pop(seq_id, None)
+
+    def uncache(self, blocks: list[int]) -> None:
+        """The blocks' contents are no longer cached: evicted (they leave the free queue for
+        reuse), or never written (an admission rolled back in its step: `abort`)."""
+        block_hash, first, later = self.block_hash, self.first, self.later
+        for b in blocks:
+            h = block_hash[b]
+            if h is None:
+                continue
+            block_hash[b] = self.block_meta[b] = None
+            if b in self.watch:
+                self.watch_epoch += 1
+            if h not in later:
+                del first[h]
+                continue
+            more = later[h]
+            if first[h] == b:
+                first[h] = more.pop(0)
+            else:
+                more.remove(b)
+            if not more:
+                del later[h]
+
+    def check_invariants(self, tables: dict[int, tuple[Sequence[int], int]]) -> None:
+        """tables: seq_id -> (block table, tokens) of every live sequence."""
+        listed = {b: h for h, b in self.first.items()}
+        for h, blocks in self.later.items():
+            assert blocks and h in self.first, f"later[{h}] without first"
+            listed.update((b, h) for b in blocks)
+        held = {b: h for b, h in enumerate(self.block_hash) if h is not None}
+        assert listed == held, "cache entries differ from the blocks' hashes"
+        assert all((m is None) == (h is None) for m, h in zip(self.block_meta, self.block_hash))
+        watched: dict[int, int] = {}
+        for waiting in self.pending.values():
+            for b in waiting.hits:
+                watched[b] = watched.get(b, 0) + 1
+        assert watched == self.watch, "watch counts differ from the pending chains' hits"
+        for waiting in self.pending.values():
+            if waiting.hits_at == self.watch_epoch:  # current: what a walk would find
+                assert waiting.hits == self._walk(waiting, len(waiting.hits)), "stale hits"
+        for seq_id, (table, num_tokens) in tables.items():
+            ch = self.chains.get(seq_id)
+            num = ch.num_registered if ch else 0
+            assert num == num_tokens // self.block_size, f"{seq_id}: unregistered full blocks"
+            for b, h in zip(table[:num], ch.hashes if ch else []):
+                assert self.block_hash[b] == h, f"held block {b} lost its hash"
