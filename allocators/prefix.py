@@ -16,9 +16,17 @@ the oldest.
 
 from __future__ import annotations
 
+from allocators.base import SeqLike
 from allocators.paged import PagedAllocator
 
 
 class PrefixAllocator(PagedAllocator):
     def __init__(self, num_blocks: int, block_size: int) -> None:
         super().__init__(num_blocks, block_size, prefix_caching=True)
+
+    def prefix_match(self, seq: SeqLike, num_tokens: int) -> int:
+        """Tokens of a waiting sequence's first num_tokens its admission would find cached
+        (what SGLang's `lpm` policy orders by); changes nothing."""
+        assert self._cache is not None
+        max_hit = num_tokens - 1 if num_tokens >= seq.prompt_len else num_tokens
+        return len(self._cache.lookup(seq, max_hit // self.block_size)) * self.block_size

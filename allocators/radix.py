@@ -5,26 +5,23 @@ A sequence locks the tree node its cached prefix ends at and holds its own block
     block table of r:  [ tree path: root .. r.node       | r's own blocks          ]
                          tokens [0, cached), shared, locked  tokens [cached, num_tokens)
 
-Admission matches the prompt in the tree (at most prompt_len - 1 tokens, floored to whole
-blocks: the last prompt token is always computed), locks the match and takes blocks for the
-rest; when the free queue is short it evicts least recently used unlocked leaves (only then).
+Admission matches the prompt (at most prompt_len - 1 tokens, floored to whole blocks), locks
+the match and takes blocks for the rest, evicting LRU unlocked leaves only when short.
 Right after admission (SGLang's cache_unfinished_req, there run after the prefill) and at
 `free` (cache_finished_req) the sequence's full blocks go into the tree: blocks another
 sequence inserted first are the same tokens, so the sequence's own copies are freed and it
 points at the tree's (SGLang deduplicates, vLLM does not). Decoded tokens stay private until
 `free`. A fork publishes the parent the same way; the child locks the parent's node and gets
-its own copy of a partial last block (reported in `Allocation.copies`).
-NOTE: `free` also ends a preemption, so a preempted sequence's tokens stay cached too (as in
-vLLM; SGLang's retraction drops its decoded tail).
+its own copy of a partial last block (`Allocation.copies`). NOTE: `free` also ends a
+preemption, so a preempted sequence's tokens stay cached (vLLM too; SGLang's retraction
+drops its decoded tail). `abort` (radix_swap.py) undoes an admission rolled back.
 
 Accounting: tokens of locked tree nodes and of the sequences' own blocks are token states;
-unlocked (evictable) tree blocks count as free, as cached free blocks do in the prefix
-allocator. A sequence's own last block splits into reservation (slots it will fill) and
-internal fragmentation, as in the paged allocator. No external fragmentation.
+unlocked (evictable) tree blocks are free, as cached free blocks are in the prefix allocator;
+an own last block's empty slots are reservation or internal fragmentation, as in paged.
 
-Invariants (`check_invariants`): each block is free, in the tree, or owned by one sequence;
-a node's locks are the sequences that end there; `cached` is the token length of the
-sequence's tree path and a multiple of block_size; every counter matches a recount.
+Invariants: a block is free, in the tree or one sequence's; a node's locks are the sequences
+ending there; `cached` is the length of the sequence's tree path; counters match a recount.
 """
 
 from __future__ import annotations
@@ -49,7 +46,7 @@ from allocators.radix_tree import Node, RadixTree
 from allocators.token_runs import Key, split_key
 
 _new = tuple.__new__
-MAX_WAITING = 1024  # refused admissions whose match is remembered
+MAX_WAITING = 1024  # refused admissions whose match is remembered (see _match)
 
 
 @dataclass(slots=True, eq=False)
@@ -77,8 +74,7 @@ class RadixAllocator:
         self._reserved = 0  # sum of _reserve_of
         self._logical = 0  # sum of num_tokens
         self._cached = 0  # sum of cached
-        # seq_id -> (max hit, node, tokens matched, key after them) of refused admissions
-        self._waiting: OrderedDict[int, tuple[int, Node, int, Key]] = OrderedDict()
+        self._waiting: OrderedDict[int, tuple[int, Node, int, Key]] = OrderedDict()  # _match
 
     @property
     def capacity(self) -> int:
@@ -180,6 +176,10 @@ class RadixAllocator:
         if len(self._waiting) > MAX_WAITING:
             self._waiting.popitem(last=False)
         return node, cached
+
+    def prefix_match(self, seq: SeqLike, num_tokens: int) -> int:
+        """A waiting sequence's match (what SGLang's `lpm` orders by; touched, remembered)."""
+        return self._match(seq, num_tokens)[1]
 
     def decode(
         self, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None

@@ -21,6 +21,8 @@ Admission is atomic: on a refusal everything taken is freed and nothing reaches 
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 from allocators.base import KVAllocator, Run, runs
@@ -31,6 +33,7 @@ from workloads.request import Request
 from workloads.tokens import GENERATED
 
 PreemptionMode = Literal["recompute", "swap"]
+LPM_MAX_WAITING = 128
 _HOST_SPACE = 1 << 62  # host memory is not limited
 
 
@@ -70,6 +73,27 @@ class GroupMemory:
         if g.swapped is not None:
             return len(g.seqs)
         return g.resume_tokens() * max(len(g.seqs), 1)
+
+    def order_by_prefix(self, waiting: deque[Group]) -> None:
+        """SGLang's `lpm` policy: the waiting requests, longest cached prefix first (stable:
+        arrival order among equals), when the allocator can tell (`prefix_match`) and at most
+        LPM_MAX_WAITING wait (SGLang falls back to FCFS beyond 128)."""
+        match = getattr(self.alloc, "prefix_match", None)
+        if match is None or len(waiting) > LPM_MAX_WAITING:
+            return
+        ranked = sorted(waiting, key=lambda g: -self._match(g, match))
+        waiting.clear()
+        waiting.extend(ranked)
+
+    def _match(self, g: Group, match: Callable[[Seq, int], int]) -> int:
+        if g.swapped is not None:
+            return 0
+        if not g.seqs:  # the sequence its admission will use
+            first = self._refused.get(g.req.req_id)
+            if first is None:
+                first = self._refused[g.req.req_id] = self.new_seq(g.req)
+            return match(first, g.resume_tokens())
+        return match(g.seqs[0], g.resume_tokens())
 
     # --- admission -------------------------------------------------------------------------
     def admit(self, g: Group) -> bool:

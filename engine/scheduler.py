@@ -50,6 +50,8 @@ class EngineLimits:
     """New tokens per step at most (prefill + decode); None: no cap."""
     preemption: PreemptionMode = "recompute"
     """What a preempted request's KV becomes: freed and recomputed later, or swapped to host."""
+    policy: str = "fcfs"
+    """Admission order: fcfs, or lpm (longest cached prefix first, as SGLang; engine/groups.py)."""
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -58,6 +60,8 @@ class EngineLimits:
             raise KvbenchError("max_num_batched_tokens must be >= 1 or null")
         if self.preemption not in ("recompute", "swap"):
             raise KvbenchError(f"engine.preemption must be recompute or swap: {self.preemption}")
+        if self.policy not in ("fcfs", "lpm"):
+            raise KvbenchError(f"engine.policy must be fcfs or lpm, got {self.policy}")
 
 
 @dataclass
@@ -224,6 +228,8 @@ class Engine:
         Returns (logical tokens the admitted hold, memory-limited, the admitted groups).
         """
         waiting, batch = self._waiting, self._batch
+        if self.limits.policy == "lpm" and len(waiting) > 1:
+            self._mem.order_by_prefix(waiting)
         budget = (self.limits.max_num_batched_tokens or 1 << 62) - num_decode
         admitted_logical = 0
         mem_limited = False

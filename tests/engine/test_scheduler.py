@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from allocators.radix import RadixAllocator
+from allocators.vattention import VAttentionAllocator
 from engine.backends.sim import GpuProfile, SimBackend
 from engine.metrics import SHARES, request_columns, summarize
 from engine.models import model_spec
@@ -25,10 +27,14 @@ def make(kind: str, slots: int, max_seq_len: int = 512):
         return StaticAllocator(slots, max_seq_len, "max", "buddy")
     if kind == "static-oracle":
         return StaticAllocator(slots, max_seq_len, "oracle", "first_fit")
+    if kind == "radix":
+        return RadixAllocator(slots, 1)
+    if kind == "vattention":
+        return VAttentionAllocator(slots // 32, 32, max_seq_len)
     return (PagedAllocator if kind == "paged" else PrefixAllocator)(slots // 16, 16)
 
 
-KINDS = ["static-max", "static-oracle", "paged", "prefix"]
+KINDS = ["static-max", "static-oracle", "paged", "prefix", "radix", "vattention"]
 
 
 def workload(**kw):
@@ -150,3 +156,26 @@ def test_multi_step_stretches_log_the_same_steps(kind, kw):
     assert logs[0] == logs[1]
     limited = result.steps.columns()["mem_limited"]
     assert limited.any() or kind != "static-max"  # memory got tight somewhere
+
+
+@pytest.mark.parametrize("kind", ["prefix", "radix"])
+def test_lpm_admits_the_longest_cached_prefix_first(kind):
+    """Two requests wait behind a running one; the later shares its cached prefix: lpm takes
+    it first, fcfs in arrival order. Without a cache (paged) lpm is fcfs."""
+    w = workload(max_requests=60, num_prefixes=3, prefix_len=160, output={"kind": "fixed",
+                 "value": 40}, prompt={"kind": "uniform", "low": 170, "high": 200})  # fmt: skip
+    order = {}
+    for policy in ("fcfs", "lpm"):
+        _r, _s, reqs = run(make(kind, 1024), w, policy=policy)
+        order[policy] = reqs
+    fcfs, lpm = order["fcfs"], order["lpm"]
+    assert sorted(lpm["req_id"]) == sorted(fcfs["req_id"])
+    assert lpm["cached_tokens"].sum() > fcfs["cached_tokens"].sum()
+    _r, _s, paged_lpm = run(make("paged", 1024), w, policy="lpm")
+    _r, _s, paged_fcfs = run(make("paged", 1024), w)
+    assert np.array_equal(paged_lpm["finish_s"], paged_fcfs["finish_s"])
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(KvbenchError, match="policy"):
+        EngineLimits(policy="sjf")
