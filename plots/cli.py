@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from plots import memory
+from plots import memory, schemes
 from plots.kernels import kernel_bandwidth
 from plots.style import plt, save
 from workloads.errors import KvbenchError, exits_cleanly
@@ -33,6 +33,7 @@ FIGURES: dict[str, list[tuple[str, Draw]]] = {
     "block_size": [("block_size", memory.block_size)],
     "request_rate": [("latency_vs_rate", _latency)],
     "mooncake_prefix": [("prefix_hit_rate", memory.hit_rate)],
+    "prefix_schemes": [("prefix_schemes", schemes.prefix_schemes)],
     "seq_len": [
         ("seq_len", lambda t, n: memory.sweep_lines(t, "length_scale", "sequence length scale", n))
     ],

@@ -191,3 +191,21 @@ def test_sweeps_compose_with_the_attention_backend(sweep):
     assert cfg.backend._target_.endswith("AttentionBackend")
     want = 4096 if sweep == "seq_len" else 2048
     assert cfg.max_seq_len == cfg.backend.max_seq_len == want
+
+
+def test_prefix_schemes_small(tmp_path):
+    """Every scheme on the shared-system-prompt workload: radix at page 1 hits at least as
+    many prompt tokens as hashed 16-token blocks, vAttention (no sharing) none; one figure."""
+    kvbench(
+        "experiment=prefix_schemes",
+        "workload=system_prompt",
+        "workload.max_requests=120",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    hits = {s["system"]: s["prefix_hit_rate"] for s in summaries(tmp_path)}
+    assert set(hits) == {"prefix", "prefix_b64", "prefix_b512", "radix", "radix_b16", "vattention"}
+    assert hits["radix"] >= hits["prefix"] >= hits["prefix_b64"] > 0 == hits["vattention"]
+    from plots.cli import plot_all
+
+    assert tmp_path / "figures" / "prefix_schemes.png" in plot_all(tmp_path)
