@@ -81,6 +81,8 @@ COLUMNS = ["run", *KEYS, "metric", "value", "unit", "reference", "no_reference",
 HEADLINE = ["share_token_states", "mean_batch_size", "throughput_tokens_per_s"]
 SWEPT = {"seq_len": ("length_scale", "length x"), "concurrency": ("max_num_seqs", "max seqs")}
 SWEPT_METRICS = ["share_token_states_all_steps", "mean_batch_size", "throughput_tokens_per_s"]
+SCHEMES_METRICS = ["prefix_hit_rate", "share_token_states_all_steps", "share_free_all_steps",
+                   "mean_batch_size", "throughput_tokens_per_s"]  # fmt: skip
 
 
 def collect(root: Path) -> pd.DataFrame:
@@ -135,6 +137,7 @@ def markdown(table: pd.DataFrame) -> str:
         with_ref = g[g.reference.notna()]
         metrics = list(dict.fromkeys(with_ref.metric)) or (
             list(dict.fromkeys(g[g.metric.isin(_ref_metrics(exp))].metric))
+            or (SCHEMES_METRICS if exp == "prefix_schemes" else None)
             or (SWEPT_METRICS if exp in SWEPT else HEADLINE)
         )
         if exp == "mooncake_prefix":
