@@ -106,10 +106,13 @@ class HashChainCache:
         ):
             return ch.hits
         ch = self.chain(seq, max_blocks)
-        hashes, hits, block_hash = ch.hashes, ch.hits, self.block_hash
+        hashes, hits = ch.hashes, ch.hits
         keep = min(len(hits), max_blocks)
         if ch.hits_at != self.watch_epoch:  # a watched block went: keep the hits before it
-            keep = next((i for i in range(keep) if block_hash[hits[i]] != hashes[i]), keep)
+            # NOTE: not block_hash: an evicted block may be refilled with the same tokens and
+            # registered again, behind another block of its hash
+            first = self.first
+            keep = next((i for i in range(keep) if first.get(hashes[i]) != hits[i]), keep)
         if keep < len(hits):
             self._unwatch(ch, keep)
         hits = ch.hits

@@ -111,3 +111,18 @@ def test_a_refused_request_retried_sees_evictions_since():
     out = a.allocate(s2, 9)  # the same sequence again: only block 1 still holds its prefix
     assert out.num_cached_tokens == 2 and a.block_table(2) == [1, 2, 6, 5, 4]
     a.check_invariants()
+
+
+def test_a_refilled_hit_block_behind_another_copy_is_not_trusted():
+    """A remembered hit whose block was evicted, then refilled with the same tokens and
+    registered behind another copy of its hash: the retry must take the oldest copy."""
+    a = PrefixAllocator(num_blocks=19, block_size=1)
+    s1 = seq(1, prompt_len=18, output_len=1, shared_prefix=8)
+    a.allocate(s1, 18)
+    a.swap_in(a.swap_out([1]), [s1])
+    s2 = seq(2, prompt_len=10, output_len=1, shared_prefix=8)
+    assert a.allocate(s2, 10) is None  # hits the 8 shared blocks, 1 block free of 2 needed
+    a.swap_in(a.swap_out([1]), [s1])  # evicts the remembered hits and refills blocks
+    a.check_invariants()  # the cache's check walks every remembered lookup again
+    assert a.allocate(s2, 10) is None
+    a.check_invariants()
