@@ -90,3 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         raise KvbenchError(f"{args.dir}: not a directory")
     for p in plot_all(args.dir):
         print(p)
+
+
+if __name__ == "__main__":
+    main()
