@@ -29,18 +29,11 @@ from engine.backends.attention import AttentionBackend
 from engine.backends.base import StepBatch
 from engine.models import model_spec
 from engine.sequence import Seq
+from experiments.kernel_bench import azure_lengths
 from workloads.tokens import GENERATED, UNIQUE, Tokens
 
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 BATCHES = (32, 64, 128, 256)
-
-
-def azure_lengths(batch: int, seed: int = 0) -> list[int]:
-    from workloads.traces import load_trace
-
-    reqs = load_trace("azure_conv").requests
-    pick = np.random.default_rng(seed).integers(0, len(reqs), batch)
-    return [min(reqs[i].prompt_len + reqs[i].output_len, 16384) for i in pick]
 
 
 def time_steps(

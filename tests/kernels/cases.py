@@ -46,3 +46,29 @@ def make_pool(
         v.copy_(torch.randn(shape, generator=g).to(dtype))
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
     return k, v, table.to(device), lens
+
+
+def make_slots(
+    seq_lens: list[int],
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: str,
+    seed: int = 0,
+):
+    """A static allocator's slot space: K/V [num_slots, num_kv_heads, head_dim] filled with
+    random values, each sequence's range placed in random order with random gaps (slot 0 is
+    the null slot). Returns k, v, int32 first slots and int32 lengths."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    order = torch.randperm(len(seq_lens), generator=g).tolist()
+    starts, pos = [0] * len(seq_lens), 1
+    for i in order:
+        pos += int(torch.randint(0, 64, (1,), generator=g))
+        starts[i] = pos
+        pos += seq_lens[i]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (pos + 1, num_kv_heads, head_dim)
+    k = torch.randn(shape, generator=gen, device=device).to(dtype)
+    v = torch.randn(shape, generator=gen, device=device).to(dtype)
+    as_index = dict(dtype=torch.int32, device=device)
+    return k, v, torch.tensor(starts, **as_index), torch.tensor(seq_lens, **as_index)

@@ -10,7 +10,7 @@ from kernels.cache_ops import copy_blocks, write_kv
 from kernels.contiguous import contiguous_decode, contiguous_prefill, pick_backend, sdpa_decode
 from kernels.paged_decode import paged_decode
 from kernels.paged_prefill import paged_prefill
-from tests.kernels.cases import make_pool, rel_err
+from tests.kernels.cases import make_pool, make_slots, rel_err
 
 D = 32
 
@@ -55,24 +55,11 @@ def test_write_kv_and_copy_blocks():
     assert torch.equal(k, k2) and torch.equal(v, v2)
 
 
-def slot_space(lens: list[int], kv_heads: int, dtype: torch.dtype, seed: int = 0):
-    """Random K/V slots with each sequence at a random start, gaps between ranges."""
-    g = torch.Generator().manual_seed(seed)
-    starts, pos = [], 1  # slot 0 is the null slot
-    for n in lens:
-        pos += int(torch.randint(0, 9, (1,), generator=g))
-        starts.append(pos)
-        pos += n
-    k = torch.randn(pos + 3, kv_heads, D, generator=g).to(dtype)
-    v = torch.randn(pos + 3, kv_heads, D, generator=g).to(dtype)
-    return k, v, torch.tensor(starts, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_splits", [None, 1, 3])
 def test_contiguous_decode(dtype, num_splits):
     lens = [1, 17, 70, 40]
-    k, v, starts, seq_lens = slot_space(lens, 2, dtype)
+    k, v, starts, seq_lens = make_slots(lens, 2, D, dtype, "cpu")
     q = torch.randn(len(lens), 8, D).to(dtype)
     out = torch.full_like(q, float("nan"))
     contiguous_decode(q, k, v, starts, seq_lens, D**-0.5, out=out, num_splits=num_splits,
@@ -95,7 +82,7 @@ def test_decode_splits_follow_gpu_lengths_not_the_host_bound():
 
 def test_contiguous_prefill_plain_and_chunked():
     ctx, q_lens = [20, 33, 9], [20, 7, 1]
-    k, v, starts, seq_lens = slot_space(ctx, 2, torch.float32, seed=1)
+    k, v, starts, seq_lens = make_slots(ctx, 2, D, torch.float32, "cpu", seed=1)
     q = torch.randn(sum(q_lens), 4, D)
     qs = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     out = torch.full_like(q, float("nan"))

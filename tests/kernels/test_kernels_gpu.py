@@ -11,7 +11,7 @@ from kernels.cache_ops import copy_blocks, write_kv
 from kernels.contiguous import contiguous_decode, contiguous_prefill
 from kernels.paged_decode import paged_decode
 from kernels.paged_prefill import paged_prefill
-from tests.kernels.cases import make_pool, rel_err
+from tests.kernels.cases import make_pool, make_slots, rel_err
 
 pytestmark = [
     pytest.mark.gpu,
@@ -89,25 +89,10 @@ def test_write_kv_and_copy_blocks_at_scale():
     assert torch.equal(k, k2) and torch.equal(v, v2)
 
 
-def slot_space(lens: list[int], kv_heads: int, head_dim: int, seed: int = 0):
-    """Random K/V slots, the ranges placed in random order with gaps, as a static allocator."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(lens), generator=g).tolist()
-    starts, pos = [0] * len(lens), 1
-    for i in order:
-        pos += int(torch.randint(0, 64, (1,), generator=g))
-        starts[i] = pos
-        pos += lens[i]
-    k = torch.randn(pos + 1, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    as_gpu = dict(dtype=torch.int32, device="cuda")
-    return k, v, torch.tensor(starts, **as_gpu), torch.tensor(lens, **as_gpu)
-
-
 @pytest.mark.parametrize(("group", "head_dim"), [(4, 128), (1, 64), (8, 256)])
 def test_contiguous_decode_ragged(group, head_dim):
     lens = [*ragged(20, 6000, group), 16384, 1]
-    k, v, starts, seq_lens = slot_space(lens, 32 // group, head_dim)
+    k, v, starts, seq_lens = make_slots(lens, 32 // group, head_dim, torch.bfloat16, "cuda")
     q = torch.randn(len(lens), 32, head_dim, device="cuda", dtype=torch.bfloat16)
     out = torch.full_like(q, float("nan"))
     contiguous_decode(q, k, v, starts, seq_lens, head_dim**-0.5, out=out, num_tokens=sum(lens))
@@ -117,7 +102,7 @@ def test_contiguous_decode_ragged(group, head_dim):
 
 def test_contiguous_prefill_plain_and_chunked():
     ctx, q_lens = [2048, 1500, 700, 64], [2048, 300, 700, 1]
-    k, v, starts, seq_lens = slot_space(ctx, 8, 128, seed=3)
+    k, v, starts, seq_lens = make_slots(ctx, 8, 128, torch.bfloat16, "cuda", seed=3)
     q = torch.randn(sum(q_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
     qs = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32).cuda()
     out = torch.full_like(q, float("nan"))
