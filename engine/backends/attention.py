@@ -70,7 +70,6 @@ class AttentionBackend:
         num_layers: int | None = None,
         seed: int = 0,
         kernel: str = "triton",
-        name: str = "attention",
         gpu: object = None,
         graphs: bool = True,
         max_seq_len: int | None = None,
@@ -284,18 +283,12 @@ class AttentionBackend:
         lens = torch.ones(2, **as_i32)
         slots = torch.full((2,), -1, dtype=torch.int64, device=self.device)  # writes nothing
         q, k_new, v_new = self._random(2)
-        k, v = self.pool.layers[0]
-        cache_k, cache_v = (k.unsqueeze(1), v.unsqueeze(1)) if self.contiguous else (k, v)
-        write_kv(k_new, v_new, cache_k, cache_v, slots)
-        for splits in (1, 2):
-            if self.contiguous:
-                contiguous_decode(q[:1], k, v, table[:1, 0], lens[:1], 1.0, num_splits=splits)
-            else:
-                paged_decode(q[:1], k, v, table[:1], lens[:1], 1.0, num_splits=splits)
-        for nd in (0, 1):
-            b = _Batch(table, lens, slots, torch.arange(3 - nd, **as_i32), nd, 1, None, 1)
-            self._prefill(q[nd:], k, v, b, torch.empty_like(q[nd:]))
-        torch.cuda.synchronize(self.device)
+        # decode unsplit and split with a prefill at an unaligned offset, then prefill alone
+        for nd, splits in ((1, 1), (1, 2), (0, None)):
+            b = _Batch(table, lens, slots, torch.arange(3 - nd, **as_i32), nd, 1, None, 1, splits)
+            self.layer(0, q, k_new, v_new, b, torch.empty_like(q))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _to_device(self, host: np.ndarray) -> torch.Tensor:
         """One copy of this step's host metadata to the device, through a pinned buffer

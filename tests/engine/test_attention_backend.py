@@ -77,6 +77,16 @@ def test_a_wrong_block_is_caught():
         backend.step(StepBatch(decode_seqs=[s]))
 
 
+@pytest.mark.parametrize("name", sorted(ALLOCATORS))
+def test_warm_up_launches_every_kernel_and_writes_no_kv(name):
+    backend = AttentionBackend(TINY, ALLOCATORS[name](), "float32", device="cpu")
+    backend.pool.k.normal_()
+    backend.pool.v.normal_()
+    k, v = backend.pool.k.clone(), backend.pool.v.clone()
+    backend._warm_up()
+    assert torch.equal(backend.pool.k, k) and torch.equal(backend.pool.v, v)
+
+
 def test_needs_a_gpu_for_cuda():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
