@@ -109,7 +109,17 @@ class RadixTree:
             while up is not self.root:
                 up.last_access = self._tick
                 up = up.parent  # type: ignore[assignment]
-        matched, block_ids = 0, []
+        block_ids: list[int] = []
+        node, matched, _ = self._descend(node, key, block_ids)
+        return node, matched, block_ids
+
+    def _descend(
+        self, node: Node, key: Key, block_ids: list[int] | None = None
+    ) -> tuple[Node, int, Key]:
+        """Walk down from node along key while cached, touching each child and splitting an
+        edge the key leaves in the middle: (the last node reached, tokens matched, the rest of
+        key). The matched children's block ids are appended to `block_ids` when given."""
+        matched = 0
         while key:
             child = node.children.get(self.child_key(key))
             if child is None:
@@ -118,11 +128,12 @@ class RadixTree:
             n = self._match_len(child.key, key)
             if n < child.length:
                 child = self._split(child, n)
-            block_ids += child.block_ids
+            if block_ids is not None:
+                block_ids += child.block_ids
             matched += n
             node = child
             key = split_key(key, n)[1]
-        return node, matched, block_ids
+        return node, matched, key
 
     def insert(
         self, key: Key, block_ids: Sequence[int], node: Node | None = None
@@ -132,19 +143,7 @@ class RadixTree:
         the node the key ends at). The caller frees its own blocks of the cached part."""
         self._tick += 1
         key = self.aligned(key)
-        node = node or self.root
-        cached = 0
-        while key:
-            child = node.children.get(self.child_key(key))
-            if child is None:
-                break
-            child.last_access = self._tick
-            n = self._match_len(child.key, key)
-            if n < child.length:
-                child = self._split(child, n)
-            cached += n
-            node = child
-            key = split_key(key, n)[1]
+        node, cached, key = self._descend(node or self.root, key)
         if key:
             first = cached // self.block_size
             leaf = self._node(key, list(block_ids[first : first + key_len(key) // self.block_size]),
