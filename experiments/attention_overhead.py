@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,10 @@ def main() -> None:
     )  # fmt: skip
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("error: kvbench-attention-overhead needs a CUDA GPU; none is visible")
+        print(
+            "error: kvbench-attention-overhead needs a CUDA GPU; torch sees none", file=sys.stderr
+        )
+        sys.exit(2)
     print(markdown(run(args)))
 
 

@@ -95,14 +95,15 @@ def test_ctrl_c_during_a_sweep_says_what_finished(tmp_path):
     assert len(list(sweep.rglob("summary.json"))) == 8
 
 
-def test_kernel_bench_without_cuda():
+@pytest.mark.parametrize("module", ["experiments.kernel_bench", "experiments.attention_overhead"])
+def test_gpu_benchmarks_without_cuda(module):
     pytest.importorskip("torch")
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     r = subprocess.run(
-        [sys.executable, "-m", "experiments.kernel_bench", "--quick"],
+        [sys.executable, "-m", module],
         cwd=ROOT,
         capture_output=True,
         text=True,
