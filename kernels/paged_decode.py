@@ -19,8 +19,16 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.decode_tiles import Tile, choose_tile
+
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
+RAGGED = 0.8  # a batch whose mean length is under this share of its longest is ragged
+# Tiles (block_n, num_warps, num_stages). The first is the default; for equal-length batches
+# decode_tiles.choose_tile may take a later one whose waves fill the SMs better. Each block_n
+# divides the first's (split sizes are multiples of the default block_n).
+CONTIGUOUS_TILES: tuple[Tile, ...] = ((64, 4, 2), (32, 4, 3), (32, 4, 4))
+PAGED_TILES: tuple[Tile, ...] = ((64, 4, 3),)
 
 
 @triton.jit
@@ -187,6 +195,11 @@ def _merge_kernel(
     )
 
 
+def _tile_kwargs(tile: Tile) -> dict[str, int]:
+    block_n, num_warps, num_stages = tile
+    return dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -247,7 +260,7 @@ def default_splits(
     length (at least the returned minimum), so shorter sequences use fewer of them.
     """
     piece = 2 * block_n
-    if mean_len is not None and mean_len < 0.8 * max_len:
+    if mean_len is not None and mean_len < RAGGED * max_len:
         piece = triton.cdiv(int(max(mean_len * programs / (6 * num_sms), piece)), block_n)
         piece *= block_n
         want = triton.cdiv(max_len, piece)
@@ -308,7 +321,9 @@ def launch_decode(
 
     NOTE: contiguous tiles pipeline fully, so 3 stages would take 70 KB of shared memory per
     program (paged: 39 KB, its table-dependent loads stage less) and cut residency to 3
-    programs per SM; 2 stages keep it at 39 KB."""
+    programs per SM; 2 stages keep it at 39 KB. Batches known to be of equal lengths (from
+    num_tokens) take the tile whose waves fill the SMs best (decode_tiles.py); ragged or
+    unknown ones (CUDA graphs) keep the default, which measured best on ragged batches."""
     num_seqs, num_heads, head_dim = q.shape
     if seq_lens.shape != (num_seqs,) or index.shape[0] != num_seqs:
         raise ValueError("block_table (seq_starts) and seq_lens need one row per query")
@@ -316,10 +331,12 @@ def launch_decode(
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     group = num_heads // num_kv_heads
     max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
-    block_n = block_n or (32 if head_dim > 128 else 64)
+    tiles = CONTIGUOUS_TILES if contiguous else PAGED_TILES
+    pinned = (block_n, num_warps, num_stages) != (None, None, None)
+    block_n = block_n or (32 if head_dim > 128 else tiles[0][0])
     min_split = block_n  # an explicit split count really splits
+    mean = num_tokens / num_seqs if num_tokens is not None else None
     if num_splits is None:
-        mean = num_tokens / num_seqs if num_tokens is not None else None
         num_splits, min_split = default_splits(
             num_seqs * num_kv_heads, max_len, block_n, _num_sms(q.device), mean
         )
@@ -334,7 +351,8 @@ def launch_decode(
     else:
         part_acc = part_ml = out
         part_out = out
-    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
+    grid = (num_seqs, num_kv_heads, num_splits)
+    args = (
         part_out, part_acc, part_ml, q, k_cache, v_cache, index, seq_lens,
         scale * LOG2E,
         q.stride(0), q.stride(1),
@@ -342,11 +360,20 @@ def launch_decode(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         index.stride(0), part_out.stride(0), part_out.stride(1), num_heads, num_splits,
         min_split,
-        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, SPLIT=num_splits > 1, CONTIGUOUS=contiguous,
-        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
-        num_warps=num_warps or 4, num_stages=num_stages or (2 if contiguous else 3),
     )  # fmt: skip
+    consts = dict(
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, SPLIT=num_splits > 1, CONTIGUOUS=contiguous,
+        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+    )  # fmt: skip
+    tile = (block_n, num_warps or tiles[0][1], num_stages or tiles[0][2])
+    if not pinned and head_dim <= 128 and (mean is not None and mean >= RAGGED * max_len):
+        tile = choose_tile(  # equal lengths: every program streams as much, waves are real
+            tiles, num_seqs * num_kv_heads * num_splits, q.device,
+            lambda t: _decode_kernel.warmup(*args, grid=grid, **consts, **_tile_kwargs(t)),
+            (q.dtype, *consts.items()),
+        )  # fmt: skip
+    _decode_kernel[grid](*args, **consts, **_tile_kwargs(tile))
     if num_splits > 1:
         _merge_kernel[(num_seqs * num_heads,)](
             part_out, part_acc, part_ml, num_heads, part_out.stride(0), part_out.stride(1),
