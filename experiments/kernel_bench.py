@@ -52,6 +52,20 @@ def copy_ceiling() -> float:
     return 2 * x.numel() / (ms * 1e-3)
 
 
+def warm_card(seconds: float = 8.0) -> None:
+    """Keep the card busy before the first timed kernel: after a cold start an H200 ran the
+    first Triton kernels timed 10-40% slow (results/reference/attention_h200/NOTES.md)."""
+    import time
+
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(20):
+            y.copy_(x)
+        torch.cuda.synchronize()
+
+
 def paged_pool(lens: list[int], bs: int, seed: int = 0):
     """Random K/V blocks and a shuffled block table for the given sequence lengths."""
     g = torch.Generator().manual_seed(seed)
@@ -330,6 +344,7 @@ def main() -> None:
         sys.exit(2)
     card = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
+    warm_card()
     ceiling = copy_ceiling()
     print(f"{card}: device-to-device copy {ceiling / 1e12:.3f} TB/s (read + write)", flush=True)
     rows: list[dict] = [

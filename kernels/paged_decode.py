@@ -28,7 +28,7 @@ RAGGED = 0.8  # a batch whose mean length is under this share of its longest is 
 # decode_tiles.choose_tile may take a later one whose waves fill the SMs better. Each block_n
 # divides the first's (split sizes are multiples of the default block_n).
 CONTIGUOUS_TILES: tuple[Tile, ...] = ((64, 4, 2), (32, 4, 3), (32, 4, 4))
-PAGED_TILES: tuple[Tile, ...] = ((64, 4, 3),)
+PAGED_TILES: tuple[Tile, ...] = ((64, 4, 3), (32, 4, 2))
 
 
 @triton.jit

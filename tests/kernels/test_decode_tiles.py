@@ -15,9 +15,10 @@ H200 = SimpleNamespace(
     shared_memory_per_multiprocessor=233472,
     max_threads_per_multi_processor=2048,
 )
-# (n_regs, shared bytes, warps) that Triton 3.6 compiled for the contiguous decode tiles
+# (n_regs, shared bytes, warps) that Triton 3.6 compiled for the decode tiles on an H200
 COMPILED = {(64, 4, 2): (87, 38912, 4), (32, 4, 3): (64, 37888, 4), (32, 4, 4): (64, 54272, 4)}
-TILES = tuple(COMPILED)
+TILES = tuple(COMPILED)  # the contiguous kernel's (CONTIGUOUS_TILES)
+PAGED = {(64, 4, 3): (115, 39168, 4), (32, 4, 2): (80, 21504, 4)}
 
 
 class FakeKernel:
@@ -38,7 +39,7 @@ def h200(monkeypatch):
 
     def compile_tile(tile):
         compiled.append(tile)
-        return FakeKernel(*COMPILED[tile])
+        return FakeKernel(*(COMPILED | PAGED)[tile])
 
     return compile_tile, compiled
 
@@ -80,3 +81,25 @@ def test_choose_tile_on_cpu_keeps_the_default(h200):
     compile_tile, compiled = h200
     assert choose_tile(TILES, 768, torch.device("cpu"), compile_tile, ("k",)) == TILES[0]
     assert compiled == []
+
+
+@pytest.mark.parametrize(
+    ("batch", "tile"),
+    [
+        (64, (64, 4, 3)),  # 512 programs: one wave at 4/SM (528 slots)
+        (96, (32, 4, 2)),  # 768: 1.45 waves at 4/SM, one at 6/SM; measured 0.86x -> 0.98x
+        (128, (64, 4, 3)),  # 1024: 1.94 waves at 4/SM, 1.29 at 6/SM
+        (256, (64, 4, 3)),  # 2048: 3.88 waves at 4/SM, 2.59 at 6/SM
+    ],
+)
+def test_choose_paged_tile(h200, batch, tile):
+    compile_tile, _ = h200
+    assert choose_tile(tuple(PAGED), batch * 8, torch.device("cuda", 0), compile_tile, ()) == tile
+
+
+def test_the_tables_are_the_kernels():
+    from kernels.paged_decode import CONTIGUOUS_TILES, PAGED_TILES
+
+    assert CONTIGUOUS_TILES == TILES and tuple(PAGED) == PAGED_TILES
+    for tiles in (CONTIGUOUS_TILES, PAGED_TILES):
+        assert all(tiles[0][0] % block_n == 0 for block_n, _, _ in tiles)  # split sizes
