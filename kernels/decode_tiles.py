@@ -31,7 +31,8 @@ REG_UNIT = 256  # registers are allocated to a warp in units of 256
 SMEM_RESERVED = 1024  # shared memory CUDA reserves per resident block (sm_80+)
 MAX_BLOCKS_PER_SM = 32
 
-_per_sm: dict[tuple, int] = {}
+_per_sm: dict[tuple, int] = {}  # (device, key, tile) -> programs per SM
+_chosen: dict[tuple, Tile] = {}  # (device, programs, key) -> tile: one lookup per launch
 
 
 def programs_per_sm(kernel: object, device: torch.device) -> int:
@@ -59,9 +60,14 @@ def choose_tile(
     key: tuple,
 ) -> Tile:
     """The tile whose waves are fullest (ties: the earlier); `compile_tile` compiles without
-    launching (safe under graph capture). Occupancies are cached per (key, tile)."""
+    launching. Occupancies are cached per (key, tile), choices per (programs, key): after the
+    first call for a shape this is one dict lookup (decode launches are host-bound at small
+    batches)."""
     if len(tiles) == 1 or device.type != "cuda":
         return tiles[0]
+    chosen = _chosen.get((device.index, programs, *key))
+    if chosen is not None:
+        return chosen
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     eff = []
     for tile in tiles:
@@ -70,4 +76,6 @@ def choose_tile(
             _per_sm[k] = programs_per_sm(compile_tile(tile), device)
         eff.append(wave_efficiency(programs, sms * _per_sm[k]))
     best = max(eff)
-    return next(t for t, e in zip(tiles, eff, strict=True) if e >= best - TIE)
+    chosen = next(t for t, e in zip(tiles, eff, strict=True) if e >= best - TIE)
+    _chosen[(device.index, programs, *key)] = chosen
+    return chosen

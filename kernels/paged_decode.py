@@ -13,6 +13,7 @@ int64, so pools where block_id * block_stride overflows int32 work.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -200,6 +201,7 @@ def _tile_kwargs(tile: Tile) -> dict[str, int]:
     return dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
 
 
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1

@@ -35,6 +35,7 @@ class FakeKernel:
 def h200(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: H200)
     monkeypatch.setattr(decode_tiles, "_per_sm", {})
+    monkeypatch.setattr(decode_tiles, "_chosen", {})
     compiled: list = []
 
     def compile_tile(tile):
