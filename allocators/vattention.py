@@ -28,13 +28,16 @@ that tail is the scheme's waste. No external fragmentation.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from allocators.base import Allocation, SeqLike, Swapped
 from allocators.paged import PagedAllocator
 
 
 class VAttentionAllocator(PagedAllocator):
+    layout = "virtual"  # the attention backend maps pages into rows (engine/backends/vmm_pool.py)
+
     def __init__(
         self, num_pages: int, tokens_per_page: int, max_seq_len: int, page_bytes: int = 0
     ) -> None:
@@ -57,6 +60,10 @@ class VAttentionAllocator(PagedAllocator):
         """The virtual slots of seq_id's range: row * max_seq_len onwards."""
         start = self._rows[seq_id] * self.max_seq_len
         return range(start, start + self.max_seq_len)
+
+    def live_rows(self) -> Mapping[int, int]:
+        """seq_id -> its row, for every live sequence (a read-only view)."""
+        return MappingProxyType(self._rows)
 
     @property
     def num_rows(self) -> int:

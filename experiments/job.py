@@ -164,6 +164,7 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "request_rate": _offered_rate(workload),
         **summarize(steps, reqs),
         "prefix_block_hit_rate": _block_hit_rate(reqs, alloc.block_size),
+        **getattr(backend, "summary", dict)(),  # vattention on the GPU: page mapping work
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     results.write_parquet(out_dir / "steps.parquet", steps)
@@ -244,6 +245,11 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"  prefix hits     {100 * s['prefix_hit_rate']:.1f}% of prompt tokens, "
             f"{100 * s['prefix_block_hit_rate']:.1f}% of prompt block references"
+        )
+    if s.get("vmm_maps"):  # vattention: CUDA VMM calls, one per page of a K or V buffer
+        lines.append(
+            f"  page mapping    {s['vmm_maps']:,} maps, {1e6 * s['vmm_map_s'] / s['vmm_maps']:.1f}"
+            f" us each; {s['vmm_unmaps']:,} unmaps, {s['vmm_unmap_s']:.2f} s in all"
         )
     return "\n".join(lines)
 

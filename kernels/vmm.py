@@ -18,6 +18,10 @@ current NVIDIA GPUs; vAttention's smaller pages need its modified driver).
 
 Invariants: a page backs at most one (row, slot); `mapped` holds exactly the backed slots;
 free pages + mapped pages = num_pages.
+
+The primitives below (reserve, create, map_page, set_access, unmap, ...) are one driver call
+each; the attention backend's vattention layout builds on them (engine/backends/vmm_map.py),
+mapping one physical page at several addresses (forks, and a view of every page by id).
 """
 
 from __future__ import annotations
@@ -69,28 +73,75 @@ def _allocation_prop(device: int) -> Any:
     return prop
 
 
+# --- the primitives (one driver call each; addresses are ints) --------------------------------
+def reserve(size: int, alignment: int) -> int:
+    """Reserve `size` bytes of virtual address space (no memory behind it)."""
+    return int(_check(_driver().cuMemAddressReserve(size, alignment, 0, 0), "cuMemAddressReserve"))
+
+
+def free_range(addr: int, size: int) -> None:
+    """Give a reservation back (every page in it unmapped first)."""
+    _check(_driver().cuMemAddressFree(addr, size), "cuMemAddressFree")
+
+
+def create(page_bytes: int, device: int) -> Any:
+    """One physical allocation of page_bytes on the device (a handle)."""
+    return _check(_driver().cuMemCreate(page_bytes, _allocation_prop(device), 0), "cuMemCreate")
+
+
+def release(handle: Any) -> None:
+    """Free a physical allocation (its memory goes once its last mapping is gone)."""
+    _check(_driver().cuMemRelease(handle), "cuMemRelease")
+
+
+def map_page(addr: int, page_bytes: int, handle: Any) -> None:
+    """Back [addr, addr + page_bytes) with the whole allocation `handle` (not yet accessible:
+    `set_access`). One allocation may back several addresses at once."""
+    _check(_driver().cuMemMap(addr, page_bytes, 0, handle, 0), "cuMemMap")
+
+
+def access(device: int) -> Any:
+    """The descriptor `set_access` takes: read/write from this device."""
+    drv = _driver()
+    desc = drv.CUmemAccessDesc()
+    desc.location = _location(device)
+    desc.flags = drv.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    return desc
+
+
+def set_access(addr: int, size: int, desc: Any) -> None:
+    """Make a mapped range accessible (`access(device)`); one call may cover several adjacent
+    mappings, as PyTorch's expandable segments do."""
+    _check(_driver().cuMemSetAccess(addr, size, [desc], 1), "cuMemSetAccess")
+
+
+def unmap(addr: int, size: int) -> None:
+    """Remove the mapping of one allocation at addr (its contents stay with the handle)."""
+    _check(_driver().cuMemUnmap(addr, size), "cuMemUnmap")
+
+
+def as_tensor(addr: int, nbytes: int, device: int) -> torch.Tensor:
+    """[addr, addr + nbytes) as a uint8 tensor (zero copy): read only mapped parts of it."""
+    interface = {"shape": (nbytes,), "typestr": "|u1", "data": (addr, False), "version": 3}
+    holder = type("_Range", (), {"__cuda_array_interface__": interface})()
+    return torch.as_tensor(holder, device=f"cuda:{device}")
+
+
 class VmmPool:
     def __init__(
         self, num_pages: int, page_bytes: int, num_rows: int, pages_per_row: int, device: int = 0
     ) -> None:
-        drv = _driver()
         torch.cuda.init()
         torch.empty(1, device=f"cuda:{device}")  # makes the device's primary context current
         if page_bytes % granularity(device):
             raise ValueError(f"page_bytes {page_bytes} is not a multiple of {granularity(device)}")
         self.device, self.page_bytes, self.num_rows = device, page_bytes, num_rows
         self.row_bytes = pages_per_row * page_bytes
-        self.base = int(
-            _check(drv.cuMemAddressReserve(num_rows * self.row_bytes, page_bytes, 0, 0), "reserve")
-        )
-        prop = _allocation_prop(device)
-        self._pages = [_check(drv.cuMemCreate(page_bytes, prop, 0), "cuMemCreate")
-                       for _ in range(num_pages)]  # fmt: skip
+        self.base = reserve(num_rows * self.row_bytes, page_bytes)
+        self._pages = [create(page_bytes, device) for _ in range(num_pages)]
         self._free = list(range(num_pages))  # physical pages not mapped anywhere
         self.mapped: dict[tuple[int, int], int] = {}  # (row, slot) -> page
-        self._access = drv.CUmemAccessDesc()
-        self._access.location = _location(device)
-        self._access.flags = drv.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        self._access = access(device)
         self.map_s: list[float] = []
         self.unmap_s: list[float] = []
 
@@ -110,10 +161,10 @@ class VmmPool:
             raise ValueError(f"slot {slot} of row {row} is mapped already")
         if not self._free:
             raise MemoryError("no free physical page")
-        page, drv = self._free.pop(), _driver()
+        page = self._free.pop()
         t = time.perf_counter()
-        _check(drv.cuMemMap(addr, self.page_bytes, 0, self._pages[page], 0), "cuMemMap")
-        _check(drv.cuMemSetAccess(addr, self.page_bytes, [self._access], 1), "cuMemSetAccess")
+        map_page(addr, self.page_bytes, self._pages[page])
+        set_access(addr, self.page_bytes, self._access)
         self.map_s.append(time.perf_counter() - t)
         self.mapped[(row, slot)] = page
         return page
@@ -122,26 +173,22 @@ class VmmPool:
         """Give the page backing (row, slot) back to the pool (its contents are lost)."""
         page = self.mapped.pop((row, slot))
         t = time.perf_counter()
-        _check(_driver().cuMemUnmap(self._addr(row, slot), self.page_bytes), "cuMemUnmap")
+        unmap(self._addr(row, slot), self.page_bytes)
         self.unmap_s.append(time.perf_counter() - t)
         self._free.append(page)
 
     def view(self, row: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
         """Row `row` as a 1-D tensor of dtype (zero copy); read only its mapped slots."""
-        interface = {"shape": (self.row_bytes,), "typestr": "|u1",
-                     "data": (self._addr(row, 0), False), "version": 3}  # fmt: skip
-        holder = type("_Range", (), {"__cuda_array_interface__": interface})()
-        return torch.as_tensor(holder, device=f"cuda:{self.device}").view(dtype)
+        return as_tensor(self._addr(row, 0), self.row_bytes, self.device).view(dtype)
 
     def close(self) -> None:
         """Unmap everything, release the pages and the reservation."""
-        drv = _driver()
         for row, slot in list(self.mapped):
             self.unmap(row, slot)
         for handle in self._pages:
-            _check(drv.cuMemRelease(handle), "cuMemRelease")
+            release(handle)
         self._pages, self._free = [], []
-        _check(drv.cuMemAddressFree(self.base, self.num_rows * self.row_bytes), "free")
+        free_range(self.base, self.num_rows * self.row_bytes)
 
     def check_invariants(self) -> None:
         pages = list(self.mapped.values())

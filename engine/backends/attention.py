@@ -5,12 +5,14 @@ Each step, in the order the allocator's outputs require:
     swap out -> swap in -> copies before the step -> for every layer: write the new tokens'
     K/V (`write_kv`), decode attention, prefill attention -> copies after the step
 
-Paged layouts (paged, prefix) run the paged Triton kernels through the block table; a static
-allocator's contiguous ranges run the contiguous varlen kernels (no block table), so static
-allocation is never timed with a paged kernel. Queries and new K/V are random (the kernels'
-cost does not depend on the values); with `verify`, K/V come from the sequences' token ids
-(a fixed random embedding per layer) and every layer's output is checked against the float32
-reference computed from the tokens - shared, copied and swapped blocks included.
+Paged layouts (paged, prefix, radix) run the paged Triton kernels through the block table; a
+static allocator's contiguous ranges run the contiguous varlen kernels (no block table), so
+static allocation is never timed with a paged kernel; so do vattention's virtual rows, with
+physical pages mapped into them as the allocator hands them out (vmm_pool.py). Queries and
+new K/V are random (the kernels' cost does not depend on the values); with `verify`, K/V
+come from the sequences' token ids (a fixed random embedding per layer) and every layer's
+output is checked against the float32 reference computed from the tokens - shared, copied
+and swapped blocks included.
 
 Timing: the step's duration is its wall time, host work included, up to the GPU finishing
 (the engine's clock advances by it). `last_kernel_s` is the GPU time from the first to the
@@ -29,7 +31,7 @@ import torch
 from allocators.base import KVAllocator, cdiv
 from engine.backends.base import StepBatch
 from engine.backends.decode_graphs import DecodeGraphs
-from engine.backends.kv_pool import KVPool, SeqRows
+from engine.backends.layouts import build_layout
 from engine.backends.verify import Verifier
 from engine.models import ModelSpec
 from kernels.cache_ops import write_kv
@@ -74,6 +76,7 @@ class AttentionBackend:
         graphs: bool = True,
         max_seq_len: int | None = None,
         graph_splits: int | None = None,
+        max_num_seqs: int = 256,
     ) -> None:
         """
         Args:
@@ -83,6 +86,7 @@ class AttentionBackend:
             graph_splits: split-K count of graph-captured decode (default: by batch bucket).
             kernel: "triton" (kvbench's paged or contiguous kernels, by the allocator's layout).
             gpu: a sim profile an experiment overlay may set; unused (the card is timed).
+            max_num_seqs: live sequences at most (vattention reserves a virtual row each).
         """
         if kernel != "triton":
             raise KvbenchError(f"backend.kernel must be triton, got {kernel!r}")
@@ -92,15 +96,14 @@ class AttentionBackend:
             raise KvbenchError("backend=attention needs a CUDA GPU; none is visible here")
         self.alloc, self.model = allocator, model
         self.device = torch.device(device)
-        self.contiguous = getattr(allocator, "layout", "paged") == "contiguous"
+        self.layout = getattr(allocator, "layout", "paged")
+        self.contiguous = self.layout != "paged"  # static ranges, or vattention's virtual rows
         self.kernel = "triton_contiguous" if self.contiguous else "triton_paged"
         self.num_layers = num_layers or model.num_layers
         self.dtype = DTYPES[dtype]
-        self.pool = KVPool(
-            self.num_layers, allocator.num_blocks, allocator.block_size, model.num_kv_heads,
-            model.head_dim, self.contiguous, self.dtype, self.device,
-        )  # fmt: skip
-        self.rows = SeqRows(self.device, self.contiguous)
+        self.pool, self.rows, self._emulated = build_layout(
+            allocator, model, self.num_layers, self.dtype, self.device, max_num_seqs, verify
+        )
         self.scale = model.head_dim**-0.5
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self._rand = torch.empty(0, device=self.device, dtype=self.dtype)
@@ -137,6 +140,7 @@ class AttentionBackend:
             if b is not None:
                 self._layers(batch, b)
         pool.copy(batch.copies_after)
+        self.rows.settle()  # vattention: unmaps no kernel of this step waits for
         if events:
             events[1].record()
             events[1].synchronize()
@@ -144,6 +148,18 @@ class AttentionBackend:
         self.last_kernel_s = events[0].elapsed_time(events[1]) * 1e-3 if events else 0.0
         self.last_host_s = max(dt - self.last_kernel_s, 0.0)
         return dt
+
+    def summary(self) -> dict[str, float]:
+        """Run totals for the job summary: vattention's mapping work (vmm_maps, vmm_map_s...)."""
+        mapper = getattr(self.pool, "mapper", None)
+        return {} if mapper is None else mapper.stats.summary()
+
+    def close(self) -> None:
+        """Give vattention's GPU pages back now (the backend is unusable after)."""
+        self.graphs = None
+        mapper = getattr(self.pool, "mapper", None)
+        if mapper is not None:
+            mapper.close()
 
     def stretch(self, *args: object) -> list[float]:
         raise NotImplementedError("the attention backend runs every step (multi_step is False)")
@@ -155,9 +171,9 @@ class AttentionBackend:
         decode = batch.decode_seqs
         prefills = batch.prefills
         seqs = [s.seq_id for s in decode] + [s.seq_id for s, _, _ in prefills]
+        rows, lens, updates = self.rows.sync(seqs, alloc)  # type: ignore[arg-type]
         if not seqs:
             return None
-        rows, lens, updates = self.rows.sync(seqs, alloc)
         nd = len(decode)
         starts = np.fromiter((st for _, st, _ in prefills), np.int64, len(prefills))
         counts = np.fromiter((n for _, _, n in prefills), np.int64, len(prefills))
@@ -226,7 +242,10 @@ class AttentionBackend:
         (CUDA-graph safe when b's bounds are fixed and decode_tokens is None)."""
         k, v = self.pool.layers[layer]
         cache_k, cache_v = (k.unsqueeze(1), v.unsqueeze(1)) if self.contiguous else (k, v)
-        write_kv(k_new, v_new, cache_k, cache_v, b.slots)
+        if self._emulated is None:
+            write_kv(k_new, v_new, cache_k, cache_v, b.slots)
+        else:  # vattention on the CPU: the rows are a copy of the pages (vmm_map.py)
+            self._emulated.write(layer, k_new, v_new, b.slots)
         nd = b.num_decode
         if nd:
             self._decode(q[:nd], k, v, b, out[:nd])

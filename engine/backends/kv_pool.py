@@ -50,11 +50,17 @@ class KVPool:
     ) -> None:
         unit = (num_kv_heads, head_dim) if contiguous else (block_size, num_kv_heads, head_dim)
         shape = (num_layers, num_blocks + 1, *unit)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.layers = [(self.k[i], self.v[i]) for i in range(num_layers)]
-        self.device = device
-        self._host_k = self._host_v = torch.empty((num_layers, 0, *unit), dtype=dtype)
+        k = torch.empty(shape, dtype=dtype, device=device)
+        v = torch.empty(shape, dtype=dtype, device=device)
+        self._adopt(k, v, [(k[i], v[i]) for i in range(num_layers)])
+
+    def _adopt(
+        self, k: torch.Tensor, v: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Units (what copies and swaps move) k, v [num_layers, units, ...]; the kernels'
+        per-layer tensors `layers` (views of k and v here; the virtual rows of vmm_pool)."""
+        self.k, self.v, self.layers, self.device = k, v, layers, k.device
+        self._host_k = self._host_v = torch.empty((k.shape[0], 0, *k.shape[2:]), dtype=k.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -164,6 +170,9 @@ class SeqRows:
         """Write `sync`'s changed entries (now on the device) into the table."""
         if updates.shape[1]:
             self.table[updates[0], updates[1]] = updates[2].to(torch.int32)
+
+    def settle(self) -> None:
+        """Work left for after the step's launches: none here (vmm_pool.VirtualRows)."""
 
     def _new_row(self) -> int:
         if not self._free:

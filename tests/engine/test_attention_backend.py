@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from allocators.vattention import VAttentionAllocator
 from engine.backends.attention import AttentionBackend
 from engine.backends.base import StepBatch
 from engine.models import ModelSpec
@@ -27,7 +28,9 @@ ALLOCATORS = {
     "static": lambda: StaticAllocator(400, 64, "max", "first_fit"),
     "paged": lambda: PagedAllocator(60, 4),
     "prefix": lambda: PrefixAllocator(60, 4),
+    "vattention": lambda: VAttentionAllocator(60, 4, 64),  # emulated mapping on the CPU
 }
+KERNEL = {"static": "triton_contiguous", "vattention": "triton_contiguous"}
 
 
 @pytest.mark.parametrize("name", sorted(ALLOCATORS))
@@ -62,7 +65,7 @@ def test_steps_match_the_token_reference(name):
         alloc.check_invariants()
     assert backend.verifier.num_checked == 9 * TINY.num_layers
     assert backend.verifier.max_err < 1e-4
-    assert backend.kernel == ("triton_contiguous" if name == "static" else "triton_paged")
+    assert backend.kernel == KERNEL.get(name, "triton_paged")
 
 
 def test_a_wrong_block_is_caught():
@@ -108,6 +111,7 @@ def test_engine_with_forks_and_preemption(name, preemption):
         "static": lambda: StaticAllocator(200, 48, "oracle", "first_fit"),
         "paged": lambda: PagedAllocator(14, 4),
         "prefix": lambda: PrefixAllocator(14, 4),
+        "vattention": lambda: VAttentionAllocator(14, 4, 48),
     }[name]()
     wl = synthetic(
         max_requests=5, seed=2, arrival={"process": "poisson", "rate": 100.0},

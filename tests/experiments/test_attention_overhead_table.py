@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from experiments.attention_overhead import markdown
+from allocators.vattention import VAttentionAllocator
+from experiments.attention_overhead import allocator_for, markdown, time_steps
 from plots.attention import attention_overhead
 
 
@@ -35,3 +36,38 @@ def test_figure_is_written(tmp_path):
     both = pd.concat([table(), table().assign(mode="eager")])
     paths = attention_overhead(both, tmp_path / "fig")
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+
+
+def with_vattention() -> pd.DataFrame:
+    t = table().assign(step_mean_ms=lambda d: d.step_ms * 1.01)
+    v = t[t.layout == "static"].assign(
+        layout="vattention", block_size=1024, page_kib=2048, maps_per_step=12.8,
+        map_us_per_page=33.1, map_ms_per_step=0.4, kernel_ms=lambda d: d.kernel_ms * 1.02,
+    )  # fmt: skip
+    v["step_mean_ms"] = v.step_mean_ms + 0.4
+    return pd.concat([t, v], ignore_index=True)
+
+
+def test_markdown_compares_vattention_with_static_and_paged():
+    md = markdown(with_vattention())
+    assert "| vattention | 1024 |" in md and "12.8 (33.1)" in md
+    # static 32 ms against vattention 32.64 ms: 0.980x; paged 16 (32.512 ms): 0.996x
+    assert "graph batch 32, 2048 KiB pages: vs static 0.980x;" in md
+    assert "paged 16 0.996x;" in md and "(maps 0.400 ms per step)" in md
+
+
+def test_vattention_pools_hold_the_batch_in_pages_of_whole_tokens():
+    a = allocator_for("vattention", 2048, [1000, 1025, 40])
+    assert isinstance(a, VAttentionAllocator) and a.block_size == 1024  # llama3_8b: 2 KiB
+    assert a.num_blocks == 1 + 2 + 1 and a.max_seq_len == 16384
+    assert allocator_for("vattention", 64, [100]).block_size == 32
+
+
+def test_time_steps_runs_vattention_on_the_cpu():
+    from tests.engine.test_attention_backend import TINY
+
+    alloc = VAttentionAllocator(8, 4, 32)
+    r = time_steps(alloc, [5, 9], steps=3, warmup=1, graphs=False, model=TINY, device="cpu")
+    # in the last of 3 timed steps both grow into a new page (tokens 9 and 13; 4 per page)
+    assert r["maps_per_step"] * 3 == 2 * 2 * TINY.num_layers
+    assert r["step_mean_ms"] > 0 and r["map_us_per_page"] > 0
