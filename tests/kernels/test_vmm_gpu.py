@@ -78,3 +78,33 @@ def test_map_cost_per_page(pool):
     print(f"\nmap {us:.1f} us, unmap {statistics.median(pool.unmap_s) * 1e6:.1f} us per page "
           f"of {pool.page_bytes >> 10} KiB")  # fmt: skip
     assert 0 < us < 5_000
+
+
+def test_one_page_at_two_addresses_and_access_over_adjacent_mappings():
+    """What vattention's layout relies on: a physical page mapped at several addresses (the
+    view by id and a row; a fork's two rows) and one cuMemSetAccess over adjacent maps."""
+    pytest.importorskip("cuda.bindings.driver")
+    from kernels import vmm
+
+    page = vmm.granularity()
+    desc = vmm.access(0)
+    handles = [vmm.create(page, 0) for _ in range(2)]
+    a, b = vmm.reserve(2 * page, page), vmm.reserve(2 * page, page)
+    for i, h in enumerate(handles):
+        vmm.map_page(a + i * page, page, h)
+    vmm.map_page(b + page, page, handles[0])  # page 0 again, behind b's second slot
+    vmm.set_access(a, 2 * page, desc)
+    vmm.set_access(b + page, page, desc)
+    x, y = vmm.as_tensor(a, 2 * page, 0), vmm.as_tensor(b + page, page, 0)
+    x.copy_(torch.arange(2 * page, device="cuda").to(torch.uint8))
+    torch.cuda.synchronize()
+    assert torch.equal(y, x[:page])
+    y.fill_(7)
+    torch.cuda.synchronize()
+    assert int(x[:page].min()) == int(x[:page].max()) == 7
+    for addr in (a, a + page, b + page):
+        vmm.unmap(addr, page)
+    for h in handles:
+        vmm.release(h)
+    vmm.free_range(a, 2 * page)
+    vmm.free_range(b, 2 * page)
