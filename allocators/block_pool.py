@@ -5,16 +5,16 @@
     free queue   front -> back: [ handed out first ...            ... returned last ]
 
 `pop`/`take` hand blocks out from the front (refcount 1); `release` puts free blocks back at
-the back, or, given the cache's block -> entry list, those without an entry at the front (the
-prefix cache puts blocks it can never hit again first); `revive` takes a free block out of
-the middle (a cache hit on a freed block). Paged, prefix and radix allocators each own one
+the back, or, in the caching pool, those without a cache entry at the front (the prefix cache
+puts blocks it can never hit again first); `revive` takes a free block out of the middle (a
+cache hit on a freed block). Paged, prefix and radix allocators each own one
 pool; a cache policy on top that keeps freed blocks hittable sets `on_reuse`, which hears of
 the blocks leaving the queue for reuse (their cached contents are then gone).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 
 
@@ -61,50 +61,132 @@ class BlockPool:
 
 class CachingBlockPool:
     """For a prefix cache: freed blocks it can hit again go to the back (LRU), the others to
-    the front; a hit takes a free block out of the middle; evictions are reported."""
+    the front; a hit takes a free block out of the middle; evictions are reported.
 
-    def __init__(self, num_blocks: int, on_reuse: Callable[[list[int]], object]) -> None:
+    The queue is two plain containers, so that handing out and returning blocks costs what
+    the FIFO pool's deque does (an OrderedDict costs 5x that per block):
+
+        queue (front -> back) = reversed(front) ++ the live entries of `back`
+        front   list, a stack: the unhashed blocks returned, the last one returned on top
+        back    deque: the initial blocks, then the hashed blocks in the order returned;
+                a hit on a free block leaves its entry behind, dead (`dead[b]` counts the
+                dead entries of b, which all lie before b's one live entry, if any)
+
+    Unhashed blocks are never hit (nothing is found in them), and a free block neither gains
+    nor loses its hash while free, so hits come from `back` only. Dead entries are skipped
+    when they reach the front, and compacted away when they outnumber the live ones.
+    """
+
+    def __init__(
+        self, num_blocks: int, entry: Sequence[object], on_reuse: Callable[[list[int]], object]
+    ) -> None:
+        """entry[b]: block b's cache entry, None when it has none (it is never hit);
+        on_reuse: hears of the blocks with an entry that leave the queue for reuse."""
         if num_blocks < 1:
             raise ValueError("num_blocks must be positive")
         self.num_blocks = num_blocks
         self.ref = [0] * (num_blocks + 1)
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks + 1))
+        self.entry = entry
         self.on_reuse = on_reuse
+        self.front: list[int] = []
+        self.back: deque[int] = deque(range(1, num_blocks + 1))
+        self.dead = [0] * (num_blocks + 1)
+        self.num_dead = 0
 
     def __len__(self) -> int:
-        return len(self.free)
+        return len(self.front) + len(self.back) - self.num_dead
+
+    @property
+    def free(self) -> list[int]:
+        """The free queue, front first (for checks and tests: built on each call)."""
+        dead = list(self.dead)
+        live = []
+        for b in self.back:
+            if dead[b]:
+                dead[b] -= 1
+            else:
+                live.append(b)
+        return self.front[::-1] + live
+
+    def _pop_back(self) -> int:
+        """The first live entry of `back`, taken off."""
+        back, dead = self.back, self.dead
+        b = back.popleft()
+        while dead[b]:
+            dead[b] -= 1
+            self.num_dead -= 1
+            b = back.popleft()
+        return b
 
     def pop(self) -> int:
-        b = self.free.popitem(False)[0]
+        if self.front:
+            b = self.front.pop()
+        else:
+            b = self._pop_back() if self.num_dead else self.back.popleft()
+            if self.entry[b] is not None:
+                self.on_reuse([b])
         self.ref[b] = 1
-        self.on_reuse([b])
         return b
 
     def take(self, n: int) -> list[int]:
-        popitem, ref = self.free.popitem, self.ref
-        out = [popitem(False)[0] for _ in range(n)]
+        front, ref = self.front, self.ref
+        k = min(n, len(front))
+        out = front[len(front) - k :][::-1]  # the top k, top first
+        del front[len(front) - k :]
+        if n > k:
+            popleft = self.back.popleft
+            got = [popleft() for _ in range(n - k)]
+            if self.num_dead:
+                got = self._skip_dead(got)
+            entry = self.entry
+            hashed = [b for b in got if entry[b] is not None]
+            if hashed:
+                self.on_reuse(hashed)
+            out += got
         for b in out:
             ref[b] = 1
-        if out:
-            self.on_reuse(out)
         return out
 
-    def release(self, blocks: list[int], entry: Sequence[object]) -> None:
+    def _skip_dead(self, got: list[int]) -> list[int]:
+        """`got`, popped off `back`, without its dead entries, refilled to its length."""
+        dead = self.dead
+        live = []
+        for b in got:
+            if dead[b]:
+                dead[b] -= 1
+                self.num_dead -= 1
+            else:
+                live.append(b)
+        while len(live) < len(got):
+            live.append(self._pop_back())
+        return live
+
+    def release(self, blocks: list[int]) -> None:
         """Blocks whose refcount reached 0 go back, in order; those without a cache entry
-        (entry[b] is None) to the front."""
-        free = self.free
-        to_front = free.move_to_end
-        for b in blocks:
-            free[b] = None
-            if entry[b] is None:
-                to_front(b, False)
+        to the front (the last of them first)."""
+        entry = self.entry
+        unhashed = [b for b in blocks if entry[b] is None]
+        if not unhashed:
+            self.back.extend(blocks)
+            return
+        self.front += unhashed
+        if len(unhashed) < len(blocks):
+            self.back.extend([b for b in blocks if entry[b] is not None])
 
     def revive(self, b: int) -> None:
-        """A free block is held again (the caller sets its refcount)."""
-        del self.free[b]
+        """A free block with a cache entry is held again (the caller sets its refcount)."""
+        self.dead[b] += 1
+        self.num_dead += 1
+        if self.num_dead > 1024 and 2 * self.num_dead > len(self.back):
+            self.back = deque(self.free[len(self.front) :])  # NOTE: linear, amortized O(1)
+            self.dead = [0] * (self.num_blocks + 1)
+            self.num_dead = 0
 
     def check_invariants(self, refs: list[int] | None = None) -> None:
-        _check(list(self.free), self.ref, self.num_blocks, refs)
+        entry = self.entry
+        assert all(entry[b] is None for b in self.front), "a hashed block at the front"
+        assert sum(self.dead) == self.num_dead, "dead entries miscounted"
+        _check(self.free, self.ref, self.num_blocks, refs)
 
 
 def _check(free: list[int], ref: list[int], num_blocks: int, refs: list[int] | None) -> None:

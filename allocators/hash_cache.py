@@ -8,12 +8,15 @@ re-checked, a hash alone is never trusted.
     block_hash[b], block_meta[b]   a cached block's hash and (parent hash, key), else None
     first[h]                       the oldest cached block of hash h (what a lookup takes)
     later[h]                       younger blocks of hash h, oldest first (recomputed copies)
-    chains[seq_id]                 a live sequence's hashes and keys, computed once and
-                                   extended as it grows; registration reuses what its
-                                   admission's lookup computed
+    chains[seq_id]                 a live sequence's hashes and keys, computed once:
+                                   registration reuses what its admission's lookup computed
+                                   and extends them, in one go, to the last block the
+                                   sequence can fill (its generated tokens are known)
     pending[seq_id]                the same for sequences not admitted yet: a waiting request
                                    refused again and again hashes its prompt once (the most
-                                   recent MAX_PENDING are kept)
+                                   recent MAX_PENDING are kept), and remembers its last hits
+    watch[b]                       {chain: i} for the pending chains whose remembered hits
+                                   hold block b at position i: its eviction cuts them there
 
 A block stays cached until the pool hands it out again (`on_reuse`); freed cached blocks go
 to the back of the free queue (LRU), others to the front. Blocks are registered when
@@ -22,7 +25,8 @@ unregisters the blocks it took, keeping those it found. Block tables are append-
 a recomputed block whose hash is already cached is registered too (nothing is deduplicated).
 
 Invariants (`check_invariants`): first/later hold exactly the blocks with a hash, each under
-its own hash; every block of a live sequence's registered prefix holds that prefix's hash.
+its own hash; every block of a live sequence's registered prefix holds that prefix's hash; a
+pending chain's hits are what a walk finds, and each is watched at its position.
 """
 
 from __future__ import annotations
@@ -46,28 +50,25 @@ class Holder(Protocol):
     num_tokens: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # NOTE: hashed by identity (the keys of watch[b])
 class Chain:
     hashes: list[int] = field(default_factory=list)
     keys: list[Hashable] = field(default_factory=list)
     num_registered: int = 0  # leading blocks whose table entries carry their hash
     hits: list[int] = field(default_factory=list)  # the last lookup's result (while pending)
-    hits_at: int = -1  # the cache's watch_epoch then
 
 
 class HashChainCache:
     def __init__(self, num_blocks: int, block_size: int) -> None:
-        self.pool = CachingBlockPool(num_blocks, self.uncache)
         self.block_size = block_size
-        pool = self.pool
-        self.block_hash: list[int | None] = [None] * (pool.num_blocks + 1)
-        self.block_meta: list[tuple[int, Hashable] | None] = [None] * (pool.num_blocks + 1)
+        self.block_hash: list[int | None] = [None] * (num_blocks + 1)
+        self.block_meta: list[tuple[int, Hashable] | None] = [None] * (num_blocks + 1)
+        self.pool = CachingBlockPool(num_blocks, self.block_hash, self.uncache)
         self.first: dict[int, int] = {}
         self.later: dict[int, list[int]] = {}
         self.chains: dict[int, Chain] = {}
         self.pending: OrderedDict[int, Chain] = OrderedDict()
-        self.watch: dict[int, int] = {}  # block -> pending chains whose last hits hold it
-        self.watch_epoch = 0  # evictions of watched blocks so far
+        self.watch: dict[int, dict[Chain, int]] = {}
 
     def chain(self, seq: SeqLike, num_blocks: int) -> Chain:
         """seq's chain, computed up to num_blocks blocks."""
@@ -75,7 +76,7 @@ class HashChainCache:
         if ch is None:
             ch = self.pending[seq.seq_id] = Chain()
             if len(self.pending) > MAX_PENDING:
-                self._unwatch(self.pending.popitem(last=False)[1])
+                self._cut(self.pending.popitem(last=False)[1], 0)
         if len(ch.hashes) < num_blocks:
             self._extend(ch, seq, num_blocks)
         return ch
@@ -92,30 +93,22 @@ class HashChainCache:
 
     def lookup(self, seq: SeqLike, max_blocks: int) -> list[int]:
         """The cached blocks of seq's leading full blocks (at most max_blocks); the list is
-        the cache's own (read it, do not change it).
+        the cache's own (read it before the pool hands out blocks; do not change it).
 
         NOTE: a refused request is looked up again every step. Its last hits are watched:
-        they stay valid unless a watched block was evicted since (then each is checked),
-        and can only grow past the end, so a retry costs one probe, not a walk."""
+        the eviction of one cuts them there, and they can only grow past the end, so a
+        retry costs one probe, not a walk."""
         ch = self.pending.get(seq.seq_id)
-        if (  # the common retry: nothing watched went, and the next block is not cached
+        if (  # the common retry: the next block is not cached
             ch is not None
-            and ch.hits_at == self.watch_epoch
             and len(ch.hits) < max_blocks <= len(ch.hashes)
             and ch.hashes[len(ch.hits)] not in self.first
         ):
             return ch.hits
         ch = self.chain(seq, max_blocks)
+        if len(ch.hits) > max_blocks:
+            self._cut(ch, max_blocks)
         hashes, hits = ch.hashes, ch.hits
-        keep = min(len(hits), max_blocks)
-        if ch.hits_at != self.watch_epoch:  # a watched block went: keep the hits before it
-            # NOTE: not block_hash: an evicted block may be refilled with the same tokens and
-            # registered again, behind another block of its hash
-            first = self.first
-            keep = next((i for i in range(keep) if first.get(hashes[i]) != hits[i]), keep)
-        if keep < len(hits):
-            self._unwatch(ch, keep)
-        hits = ch.hits
         first, meta, keys, watch = self.first, self.block_meta, ch.keys, self.watch
         parent = hashes[len(hits) - 1] if hits else ROOT
         for i in range(len(hits), max_blocks):
@@ -124,10 +117,19 @@ class HashChainCache:
             if b is None or meta[b] != (parent, keys[i]):
                 break
             hits.append(b)
-            watch[b] = watch.get(b, 0) + 1
+            watch.setdefault(b, {})[ch] = i
             parent = h
-        ch.hits_at = self.watch_epoch
         return hits
+
+    def _cut(self, ch: Chain, keep: int) -> None:
+        """ch keeps its first `keep` hits; the others are no longer watched."""
+        watch = self.watch
+        for b in ch.hits[keep:]:
+            chains = watch[b]
+            del chains[ch]
+            if not chains:
+                del watch[b]
+        del ch.hits[keep:]
 
     def _walk(self, ch: Chain, max_blocks: int) -> list[int]:
         """The hits of ch's first max_blocks blocks, walked from scratch (for checks)."""
@@ -141,22 +143,29 @@ class HashChainCache:
             parent = h
         return hits
 
-    def _unwatch(self, ch: Chain, keep: int = 0) -> None:
-        """ch keeps only its first `keep` hits."""
-        watch = self.watch
-        for b in ch.hits[keep:]:
-            if watch[b] == 1:
-                del watch[b]
-            else:
-                watch[b] -= 1
-        del ch.hits[keep:]
-
     def register(self, seq: SeqLike, table: Sequence[int], num_tokens: int) -> None:
         """The full blocks of `table` (seq's) are cached from now on."""
         ch = self.chains.get(seq.seq_id) or self.admit(seq.seq_id)
-        num_full = num_tokens // self.block_size
-        if ch.num_registered < num_full:
-            self._register(ch, seq, table, num_full)
+        bs = self.block_size
+        num_full = num_tokens // bs
+        i = ch.num_registered
+        if i + 1 != num_full:
+            if i < num_full:
+                self._register(ch, seq, table, num_full)
+            return
+        # NOTE: the hot case, a decode step filled the last block: _register inlined
+        hashes = ch.hashes
+        if len(hashes) == i:
+            self._extend(ch, seq, max(num_full, (seq.final_len - 1) // bs))
+        ch.num_registered = num_full
+        b = table[i]
+        if self.block_hash[b] is None:
+            h = self.block_hash[b] = hashes[i]
+            self.block_meta[b] = (hashes[i - 1] if i else ROOT, ch.keys[i])
+            if h in self.first:
+                self.later.setdefault(h, []).append(b)
+            else:
+                self.first[h] = b
 
     def register_grown(self, seqs: Sequence[SeqLike], states: Sequence[Holder]) -> None:
         """`register` for every live sequence of a decode stretch (one call, fewer frames)."""
@@ -168,8 +177,8 @@ class HashChainCache:
                 self._register(ch, seq, st.table, num_full)
 
     def _register(self, ch: Chain, seq: SeqLike, table: Sequence[int], num_full: int) -> None:
-        if len(ch.hashes) < num_full:
-            self._extend(ch, seq, num_full)
+        if len(ch.hashes) < num_full:  # NOTE: up to the last block seq can fill, in one go
+            self._extend(ch, seq, max(num_full, (seq.final_len - 1) // self.block_size))
         block_hash, meta, first, hashes = self.block_hash, self.block_meta, self.first, ch.hashes
         for i in range(ch.num_registered, num_full):
             b = table[i]
@@ -186,7 +195,7 @@ class HashChainCache:
     def admit(self, seq_id: int) -> Chain:
         """seq_id is live: its chain (computed while it waited, if it was) stays."""
         ch = self.chains[seq_id] = self.pending.pop(seq_id, Chain())
-        self._unwatch(ch)
+        self._cut(ch, 0)
         return ch
 
     def fork(self, parent_id: int, child_id: int, num_tokens: int) -> None:
@@ -203,14 +212,16 @@ class HashChainCache:
     def uncache(self, blocks: list[int]) -> None:
         """The blocks' contents are no longer cached: evicted (they leave the free queue for
         reuse), or never written (an admission rolled back in its step: `abort`)."""
-        block_hash, first, later = self.block_hash, self.first, self.later
+        block_hash, first, later, watch = self.block_hash, self.first, self.later, self.watch
         for b in blocks:
             h = block_hash[b]
             if h is None:
                 continue
             block_hash[b] = self.block_meta[b] = None
-            if b in self.watch:
-                self.watch_epoch += 1
+            if b in watch:  # NOTE: not block_hash: an evicted block may be refilled with
+                # the same tokens and registered again, behind another block of its hash
+                for ch, i in list(watch[b].items()):
+                    self._cut(ch, i)
             if h not in later:
                 del first[h]
                 continue
@@ -231,14 +242,11 @@ class HashChainCache:
         held = {b: h for b, h in enumerate(self.block_hash) if h is not None}
         assert listed == held, "cache entries differ from the blocks' hashes"
         assert all((m is None) == (h is None) for m, h in zip(self.block_meta, self.block_hash))
-        watched: dict[int, int] = {}
+        watched = {(b, id(c), i) for b, chains in self.watch.items() for c, i in chains.items()}
+        hits = {(b, id(c), i) for c in self.pending.values() for i, b in enumerate(c.hits)}
+        assert watched == hits and all(self.watch.values()), "watch lists != pending hits"
         for waiting in self.pending.values():
-            for b in waiting.hits:
-                watched[b] = watched.get(b, 0) + 1
-        assert watched == self.watch, "watch counts differ from the pending chains' hits"
-        for waiting in self.pending.values():
-            if waiting.hits_at == self.watch_epoch:  # current: what a walk would find
-                assert waiting.hits == self._walk(waiting, len(waiting.hits)), "stale hits"
+            assert waiting.hits == self._walk(waiting, len(waiting.hits)), "stale hits"
         for seq_id, (table, num_tokens) in tables.items():
             ch = self.chains.get(seq_id)
             num = ch.num_registered if ch else 0

@@ -123,8 +123,8 @@ class PagedAllocator:
     def decode(
         self, seqs: Sequence[SeqLike], start: int = 0, copies: list[Run] | None = None
     ) -> int:
-        states, ref, free, bs = self._seqs, self._ref, self._pool.free, self.block_size
-        pop = self._pool.pop
+        states, ref, pool, bs = self._seqs, self._ref, self._pool, self.block_size
+        pop = pool.pop
         register = None if self._cache is None else self._cache.register
         fast = slow = 0  # tokens written on the fast paths are counted in once, at the end
         for seq in seqs[start:] if start else seqs:
@@ -137,7 +137,7 @@ class PagedAllocator:
                     if n == st.room and register is not None:
                         register(seq, st.table, n)
                     continue
-            elif n == st.room + 1 and n <= st.final_len and free:  # full: take one block
+            elif n == st.room + 1 and n <= st.final_len and len(pool):  # full: take one block
                 st.table.append(pop())
                 st.room += bs
                 st.num_tokens = n
@@ -260,12 +260,9 @@ class PagedAllocator:
             self._tokens -= len(freed) * self.block_size - (
                 self.block_size - self._tail_fill(st) if tail_freed else 0
             )
-        if self._cache is None:
-            assert isinstance(self._pool, BlockPool)
-            self._pool.release(freed)
-        else:
+        if self._cache is not None:
             self._cache.forget(seq_id)
-            self._cache.pool.release(freed, self._cache.block_hash)  # unhashed first
+        self._pool.release(freed)  # with prefix caching: unhashed first, hashed last (LRU)
 
     def abort(self, seq_ids: Sequence[int]) -> None:
         paged_swap.abort(self, seq_ids)
