@@ -1,0 +1,178 @@
+"""The model backend's bookkeeping on the CPU (tiny decoders, float32, kvbench's kernels through
+the Triton interpreter): every step's logits equal those of the same weights run by
+transformers eagerly with its own cache, for every layout, with prefix hits, forks, frees,
+block reuse, preemption (both modes) and padded graph-bucket steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from engine.backends.base import StepBatch
+from engine.backends.model import ModelBackend
+from engine.backends.model_graphs import ModelGraphs
+from engine.sequence import Seq
+from tests.engine.model_cases import Recorder, llama_config, max_rel_error, opt_config, spec_of
+from workloads.tokens import GENERATED, SYSTEM, UNIQUE, Tokens
+
+TOL = 1e-4  # float32 throughout
+ALLOCATORS = {
+    "static": lambda: StaticAllocator(400, 64, "max", "first_fit"),
+    "paged": lambda: PagedAllocator(60, 4),
+    "prefix": lambda: PrefixAllocator(60, 4),
+}
+
+
+def backend_for(alloc, cfg=None, **kw) -> ModelBackend:
+    cfg = cfg or llama_config()
+    return ModelBackend(spec_of(cfg), alloc, "float32", device="cpu", config=cfg, **kw)
+
+
+def seq(sid: int, prompt: int, out: int, shared: int = 0) -> Seq:
+    chunks = [((SYSTEM, 0), shared), ((UNIQUE, sid), prompt - shared)]
+    return Seq(sid, prompt, prompt + out, Tokens.from_chunks(chunks, (GENERATED, sid)))
+
+
+def padded_graphs(backend: ModelBackend) -> ModelGraphs:
+    """Decode-only steps through the graph path's padded static inputs, run eagerly."""
+    width = 1 if backend.contiguous else backend.rows.table.shape[1]
+    backend.graphs = ModelGraphs(backend, width, 64, 8, num_sms=4, capture=False)
+    return backend.graphs
+
+
+def run_scenario(backend: ModelBackend) -> None:
+    """Admissions (the second hits the first's prefix under `prefix`), a fork with its
+    copies, decode steps, a free whose blocks a newcomer reuses in the same step."""
+    alloc = backend.alloc
+    a, b = seq(1, 10, 12, shared=8), seq(2, 9, 12, shared=8)
+    batch = StepBatch()
+    for s in (a, b):
+        cached = alloc.allocate(s, s.prompt_len).num_cached_tokens
+        batch.prefills.append((s, cached, s.prompt_len - cached))
+    backend.step(batch)
+    child = Seq(3, a.prompt_len, a.final_len, a.tokens.fork(a.prompt_len, (GENERATED, 3)))
+    fork = alloc.fork(a.seq_id, child)
+    running = [a, b, child]
+    for t in range(7):
+        batch = StepBatch(decode_seqs=running)
+        if t == 0:
+            batch.copies_before.extend(fork.copies)
+        assert alloc.decode(running, copies=batch.copies_before) == len(running)
+        if t == 3:
+            running.remove(b)
+            alloc.free(b.seq_id)
+            batch.freed.append(b.seq_id)
+            c = seq(4, 6, 4)
+            alloc.allocate(c, c.prompt_len)
+            batch.prefills.append((c, 0, c.prompt_len))
+            backend.step(batch)
+            running.append(c)
+            continue
+        backend.step(batch)
+        alloc.check_invariants()
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "padded"])
+@pytest.mark.parametrize("name", sorted(ALLOCATORS))
+def test_steps_match_transformers(name, graphs):
+    backend = backend_for(ALLOCATORS[name]())
+    if graphs:
+        padded_graphs(backend)
+    rec = Recorder(backend)
+    run_scenario(backend)
+    assert len(rec.records) == 2 + 3 * 7  # b leaves in the step c arrives
+    assert max_rel_error(backend, rec.records) < TOL
+    if graphs:
+        assert sorted(backend.graphs.graphs) == [4], "decode-only steps of 3 ran in bucket 4"
+
+
+def test_prefix_hit_computes_only_the_new_tokens():
+    backend = backend_for(PrefixAllocator(60, 4))
+    a, b = seq(1, 10, 4, shared=8), seq(2, 9, 4, shared=8)
+    backend.alloc.allocate(a, 10)
+    backend.step(StepBatch(prefills=[(a, 0, 10)]))
+    cached = backend.alloc.allocate(b, 9).num_cached_tokens
+    assert cached == 8
+    rec = Recorder(backend)
+    ids, _, _ = backend._token_inputs(StepBatch(prefills=[(b, cached, 1)]), with_rows=False)
+    assert ids.numel() == 1
+    backend.step(StepBatch(prefills=[(b, cached, 1)]))
+    assert max_rel_error(backend, rec.records) < TOL  # its logits saw all 9 tokens
+
+
+def test_opt_scales_its_queries_itself():
+    cfg = opt_config()
+    backend = backend_for(PagedAllocator(60, 4), cfg)
+    rec = Recorder(backend)
+    run_scenario(backend)
+    assert max_rel_error(backend, rec.records) < TOL
+
+
+def test_a_wrong_block_is_caught():
+    backend = backend_for(PagedAllocator(20, 4))
+    rec = Recorder(backend)
+    s = seq(1, 7, 4)
+    backend.alloc.allocate(s, 7)
+    backend.step(StepBatch(prefills=[(s, 0, 7)]))
+    backend.alloc.decode([s])
+    backend.rows.table[backend.rows._row[1], 0] = 19  # corrupt the device table
+    backend.step(StepBatch(decode_seqs=[s]))
+    assert max_rel_error(backend, rec.records) > 100 * TOL
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+@pytest.mark.parametrize("name", sorted(ALLOCATORS))
+def test_engine_with_forks_and_preemption(name, preemption):
+    """The engine drives the backend: two samples per request forked at admission, shared
+    prefixes, preempted and resumed under a tight pool; every step's logits checked."""
+    from engine.scheduler import Engine, EngineLimits
+    from workloads.synthetic import synthetic
+
+    alloc = {
+        "static": lambda: StaticAllocator(200, 48, "oracle", "first_fit"),
+        "paged": lambda: PagedAllocator(14, 4),
+        "prefix": lambda: PrefixAllocator(14, 4),
+    }[name]()
+    wl = synthetic(
+        max_requests=5, seed=2, arrival={"process": "poisson", "rate": 100.0},
+        prompt={"kind": "uniform", "low": 5, "high": 12},
+        output={"kind": "uniform", "low": 6, "high": 14}, n=2, max_seq_len=48,
+        num_prefixes=1, prefix_len=4,
+    )  # fmt: skip
+    backend = backend_for(alloc)
+    rec = Recorder(backend)
+    result = Engine(alloc, backend, EngineLimits(max_num_seqs=8, preemption=preemption)).run(
+        wl.requests
+    )
+    assert len(result.finished) == len(wl.requests)
+    if name != "static":
+        assert result.num_preemptions > 0
+    assert len(rec.records) > 40
+    assert max_rel_error(backend, rec.records) < TOL
+
+
+def test_token_ids_come_from_the_workload():
+    backend = backend_for(PagedAllocator(20, 4))
+    s = seq(1, 7, 4)
+    backend.alloc.allocate(s, 7)
+    ids, pos, rows = backend._token_inputs(StepBatch(prefills=[(s, 0, 7)]), with_rows=True)
+    assert ids.tolist() == s.tokens.ids(0, 7, backend.vocab_size).tolist()
+    assert pos.tolist() == list(range(7)) and rows.tolist() == [6]
+
+
+def test_needs_a_gpu_for_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from workloads.errors import KvbenchError
+
+    with pytest.raises(KvbenchError, match="needs a CUDA GPU"):
+        ModelBackend(spec_of(llama_config()), PagedAllocator(4, 4), config=llama_config())
+
+
+def test_config_and_spec_must_agree():
+    from workloads.errors import KvbenchError
+
+    with pytest.raises(KvbenchError, match="transformers config"):
+        ModelBackend(spec_of(llama_config(layers=3)), PagedAllocator(4, 4), "float32",
+                     device="cpu", config=llama_config())  # fmt: skip

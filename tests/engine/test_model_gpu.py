@@ -1,0 +1,89 @@
+"""The model backend under the engine on a GPU (pytest -m gpu), bf16: every step's logits -
+CUDA-graph replays included - against the same weights run in float32 by transformers with its
+own cache, for static, paged and prefix allocators with forks (n=2), shared prefixes and
+preemption in both modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from engine.backends.base import StepBatch
+from engine.backends.model import ModelBackend
+from engine.scheduler import Engine, EngineLimits
+from tests.engine.model_cases import Recorder, llama_config, max_rel_error, opt_config, spec_of
+from workloads.synthetic import synthetic
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+TOL = 3e-2  # bf16 against float32; a wrong block gives ~0.5 (CPU, float32: 0.63)
+ALLOCATORS = {
+    "static-oracle": lambda: StaticAllocator(2400, 256, "oracle", "first_fit"),
+    "paged-16": lambda: PagedAllocator(90, 16),
+    "prefix-16": lambda: PrefixAllocator(90, 16),
+}
+
+
+def small(cfg=None, alloc=None, **kw) -> ModelBackend:
+    """Two layers of head_dim 128 (the kernels' real tile shapes), GQA 8/2."""
+    cfg = cfg or llama_config(hidden=1024, heads=8, kv_heads=2)
+    return ModelBackend(spec_of(cfg), alloc, config=cfg, max_seq_len=256, max_num_seqs=32, **kw)
+
+
+def run_engine(backend: ModelBackend, preemption: str, seed: int = 3) -> tuple:
+    wl = synthetic(
+        max_requests=16, seed=seed, arrival={"process": "poisson", "rate": 400.0},
+        prompt={"kind": "uniform", "low": 20, "high": 100},
+        output={"kind": "uniform", "low": 10, "high": 60}, max_seq_len=256, n=2,
+        num_prefixes=2, prefix_len=32,
+    )  # fmt: skip
+    rec = Recorder(backend)
+    engine = Engine(backend.alloc, backend, EngineLimits(max_num_seqs=24, preemption=preemption))
+    result = engine.run(wl.requests)
+    assert len(result.finished) == len(wl.requests)
+    backend.alloc.check_invariants()
+    return result, rec
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+@pytest.mark.parametrize("name", sorted(ALLOCATORS))
+def test_engine_steps_match_transformers(name, preemption):
+    backend = small(alloc=ALLOCATORS[name]())
+    result, rec = run_engine(backend, preemption)
+    if not name.startswith("static"):
+        assert result.num_preemptions > 0, "the pool is meant to be tight"
+    assert backend.graphs is not None and backend.graphs.graphs, "no step was replayed"
+    assert len(rec.records) > 300
+    assert max_rel_error(backend, rec.records) < TOL
+
+
+def test_eager_and_captured_up_front():
+    """Graphs off; and every bucket captured before the run (as the benchmark does)."""
+    eager = small(alloc=PagedAllocator(90, 16), graphs=False)
+    assert max_rel_error(eager, run_engine(eager, "recompute")[1].records) < TOL
+    ahead = small(alloc=PrefixAllocator(90, 16))
+    ahead.capture_graphs()
+    assert sorted(ahead.graphs.graphs)[-1] == 32
+    assert max_rel_error(ahead, run_engine(ahead, "swap")[1].records) < TOL
+
+
+def test_opt_with_graphs():
+    backend = small(opt_config(hidden=1024, heads=8), PagedAllocator(90, 16))
+    assert max_rel_error(backend, run_engine(backend, "recompute")[1].records) < TOL
+
+
+def test_a_wrong_block_is_caught():
+    from tests.engine.test_model_backend import seq
+
+    backend = small(alloc=PagedAllocator(40, 16))
+    rec = Recorder(backend)
+    s = seq(1, 40, 8)
+    backend.alloc.allocate(s, 40)
+    backend.step(StepBatch(prefills=[(s, 0, 40)]))
+    backend.alloc.decode([s])
+    backend.rows.table[backend.rows._row[1], 0] = 39  # corrupt the device table
+    backend.step(StepBatch(decode_seqs=[s]))
+    assert max_rel_error(backend, rec.records) > 10 * TOL
