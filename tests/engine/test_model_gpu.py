@@ -87,3 +87,32 @@ def test_a_wrong_block_is_caught():
     backend.rows.table[backend.rows._row[1], 0] = 39  # corrupt the device table
     backend.step(StepBatch(decode_seqs=[s]))
     assert max_rel_error(backend, rec.records) > 10 * TOL
+
+
+def test_kvbench_cli_runs_the_model(tmp_path):
+    """`kvbench backend=model` on a llama3_8b preset: a small burst served, with the card, the
+    kernel and measured host/kernel seconds in the summary and the step table."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    run_dir = tmp_path / "run"
+    args = [
+        "backend=model", "model=llama3_8b", "workload=synthetic", "workload.max_requests=24",
+        "workload.arrival.process=burst", "workload.prompt.kind=fixed",
+        "+workload.prompt.value=200", "workload.output.kind=fixed", "+workload.output.value=40",
+        "kv_budget_gib=1", "max_seq_len=1024", "engine.max_num_seqs=16", "progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    root = Path(__file__).parents[2]
+    r = subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=root,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert (s["backend"], s["kernel"], s["requests_finished"]) == ("model", "triton_paged", 24)
+    assert s["gpu"] == torch.cuda.get_device_name() and s["host_s"] > 0 and s["kernel_s"] > 0
+    steps = pd.read_parquet(run_dir / "steps.parquet")
+    assert (steps.kernel_s > 0).all() and (steps.duration_s >= steps.kernel_s).all()

@@ -95,7 +95,10 @@ def test_ctrl_c_during_a_sweep_says_what_finished(tmp_path):
     assert len(list(sweep.rglob("summary.json"))) == 8
 
 
-@pytest.mark.parametrize("module", ["experiments.kernel_bench", "experiments.attention_overhead"])
+@pytest.mark.parametrize(
+    "module",
+    ["experiments.kernel_bench", "experiments.attention_overhead", "experiments.model_bench"],
+)
 def test_gpu_benchmarks_without_cuda(module):
     pytest.importorskip("torch")
     import torch

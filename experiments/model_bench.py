@@ -1,0 +1,286 @@
+"""`kvbench-model-bench`: the `model` backend end to end on one GPU, against transformers' own
+continuous batching and against the weights+KV roofline, all measured in this process.
+
+    python -m experiments.model_bench --out results/reference/model_<card> [--quick]
+        [--no-baseline] [--model llama3_8b] [--max-batched-tokens 16384]
+
+Workload (issue 10): 256 requests of 512 random prompt tokens and 256 output tokens, all at
+t=0, a Llama-3-8B-shaped model with random weights, bf16, paged KV (block 16) with room for
+every request at once. kvbench runs it through the engine and the model backend (decode
+graphs captured before the run, as vLLM does at start-up; prefill batched under
+max_num_batched_tokens); transformers runs the same prompts through `generate_batch`
+(continuous batching, defaults, SDPA attention, EOS disabled) on the same weights.
+
+Roofline: every decode step reads all weights and the KV of every running sequence, at the
+device-to-device copy bandwidth measured here (bytes read + written per second, BENCHMARKS.md):
+sum over steps of (weight bytes + KV bytes) / bandwidth; the prefill steps add their weight
+reads. A second bound adds the prefill's matmul FLOPs (2 x parameters per prompt token) at the
+bf16 GEMM rate measured here. Also timed: decode steps at batch 64 with 1k-token contexts
+against their weights+KV floor. Writes model_bench.csv (metric, value, unit), model_bench.md
+and env.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from allocators import PagedAllocator
+from allocators.base import cdiv
+from engine.models import ModelSpec, hf_config, model_spec
+from workloads.request import Request
+
+
+@dataclass(frozen=True)
+class Shape:
+    num_requests: int = 256
+    prompt_len: int = 512
+    output_len: int = 256
+
+
+FULL, QUICK = Shape(), Shape(64, 512, 32)
+
+
+def requests(shape: Shape, seed: int = 0) -> list[Request]:
+    from workloads.synthetic import synthetic
+
+    return synthetic(
+        max_requests=shape.num_requests, seed=seed, arrival={"process": "burst"},
+        prompt={"kind": "fixed", "value": shape.prompt_len},
+        output={"kind": "fixed", "value": shape.output_len},
+    ).requests  # fmt: skip
+
+
+def roofline_s(
+    spec: ModelSpec, shape: Shape, bandwidth: float, prefill_steps: int = 1,
+    flops: float | None = None,
+) -> float:  # fmt: skip
+    """Seconds of the workload at the memory bound: all requests decode together, each of
+    the output_len - 1 decode steps reads the weights and every sequence's KV; the prefill
+    steps read the weights; with `flops`, the prefill's matmuls at that rate are added."""
+    steps = np.arange(1, shape.output_len)
+    kv = shape.num_requests * (shape.prompt_len + steps) * spec.kv_bytes_per_token
+    seconds = float(np.sum(spec.weight_bytes + kv)) / bandwidth
+    seconds += prefill_steps * spec.weight_bytes / bandwidth
+    if flops is not None:
+        seconds += 2 * spec.num_params * shape.num_requests * shape.prompt_len / flops
+    return seconds
+
+
+def gemm_flops(m: int = 8192, k: int = 4096, n: int = 14336) -> float:
+    """bf16 matmul FLOP/s of an MLP-shaped GEMM (a prefill's)."""
+    from experiments.kernel_bench import bench
+
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+    return 2 * m * k * n / (bench(lambda: a @ b) * 1e-3)
+
+
+def run_kvbench(hf, spec: ModelSpec, reqs: list[Request], max_batched: int) -> dict:
+    """The workload through the engine and the model backend (paged, block 16)."""
+    from engine.backends.model import ModelBackend
+    from engine.scheduler import Engine, EngineLimits
+
+    blocks = sum(cdiv(r.prompt_len + r.output_len, 16) for r in reqs)
+    alloc = PagedAllocator(blocks, 16)
+    longest = max(r.prompt_len + r.output_len for r in reqs)
+    backend = ModelBackend(
+        spec, alloc, max_seq_len=longest, max_num_seqs=len(reqs), hf_model=hf,
+        config=hf.config,
+    )  # fmt: skip
+    capture_s = backend.capture_graphs()
+    limits = EngineLimits(max_num_seqs=len(reqs), max_num_batched_tokens=max_batched)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = Engine(alloc, backend, limits).run(reqs)
+    wall = time.perf_counter() - t0
+    steps = result.steps.columns()
+    tokens = sum(r.output_len for r in reqs)
+    prefill = steps["num_prefill_tokens"] > 0
+    out = dict(
+        tokens=tokens, wall_s=wall, engine_s=float(steps["duration_s"].sum()),
+        capture_s=capture_s, steps=len(prefill), prefill_steps=int(prefill.sum()),
+        prefill_s=float(steps["duration_s"][prefill].sum()),
+        host_share=float(steps["host_s"].sum() / steps["duration_s"].sum()),
+    )  # fmt: skip
+    del backend  # the pools and graphs (they reference each other: collected below)
+    _free()
+    return out
+
+
+def _free() -> None:
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def run_generate_batch(hf, reqs: list[Request], vocab: int) -> dict:
+    """The same prompts through transformers' continuous batching (SDPA, EOS disabled)."""
+    from transformers import GenerationConfig
+
+    from engine.backends.hf_model import ATTENTION
+
+    prompts = [r.tokens(r.req_id).ids(0, r.prompt_len, vocab).tolist() for r in reqs]
+    cfg = GenerationConfig(
+        max_new_tokens=reqs[0].output_len, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+    hf.set_attn_implementation("sdpa")
+    try:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        outputs = hf.generate_batch(inputs=prompts, generation_config=cfg)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    finally:
+        hf.set_attn_implementation(ATTENTION)
+        torch.cuda.empty_cache()
+    tokens = sum(len(o.generated_tokens) for o in outputs.values())
+    return dict(tokens=tokens, wall_s=wall, requests=len(outputs))
+
+
+def decode_step(hf, spec: ModelSpec, batch: int, context: int, steps: int = 20) -> dict:
+    """Median decode step (graph replay) of `batch` sequences holding `context` tokens."""
+    from engine.backends.base import StepBatch
+    from engine.backends.model import ModelBackend
+    from engine.sequence import Seq
+    from workloads.tokens import GENERATED, UNIQUE, Tokens
+
+    grow = steps + 3
+    final = context + grow
+    alloc = PagedAllocator(batch * cdiv(final, 16), 16)
+    seqs = [
+        Seq(i + 1, context - 1, final, Tokens.from_chunks([((UNIQUE, i), context)], (GENERATED, i)))
+        for i in range(batch)
+    ]
+    for s in seqs:
+        alloc.allocate(s, s.prompt_len)
+    backend = ModelBackend(
+        spec, alloc, max_seq_len=final, max_num_seqs=batch, hf_model=hf, config=hf.config
+    )
+    backend.pool.k.normal_()
+    backend.pool.v.normal_()
+    backend.capture_graphs()
+    wall, kernel = [], []
+    for t in range(grow):  # the first step attends `context` tokens
+        alloc.decode(seqs)
+        dt = backend.step(StepBatch(decode_seqs=seqs, num_decode=batch))
+        if t >= 3:
+            wall.append(dt)
+            kernel.append(backend.last_kernel_s)
+    del backend  # the pools and graphs (they reference each other: collected below)
+    _free()
+    return dict(step_s=float(np.median(wall)), kernel_s=float(np.median(kernel)))
+
+
+class Rows(list):
+    """(metric, value, unit) rows, printed as they come."""
+
+    def put(self, metric: str, value: float, unit: str) -> None:
+        self.append((metric, value, unit))
+        print(f"{metric:<34} {value:14.4g} {unit}", flush=True)
+
+
+def measure(args: argparse.Namespace) -> Rows:
+    """Every number of the benchmark, on one model build."""
+    from engine.backends.hf_model import build_model
+    from experiments.kernel_bench import copy_ceiling
+
+    rows = Rows()
+    shape = QUICK if args.quick else FULL
+    spec, cfg = model_spec(args.model), hf_config(args.model)
+    t0 = time.perf_counter()
+    hf = build_model(cfg, torch.bfloat16, torch.device("cuda"), seed=args.seed)
+    torch.cuda.synchronize()
+    rows.put("model_build_s", time.perf_counter() - t0, "s")
+    bw, flops = copy_ceiling(), gemm_flops()  # the card is warm from the build
+    rows.put("copy_bandwidth", bw / 1e12, "TB/s (read+write)")
+    rows.put("gemm_bf16", flops / 1e12, "TFLOP/s")
+    reqs = requests(shape, args.seed)
+    speed = kvbench_rows(rows, run_kvbench(hf, spec, reqs, args.max_batched_tokens), spec, shape,
+                         bw, flops)  # fmt: skip
+    if not args.no_baseline:
+        gb = run_generate_batch(hf, reqs, cfg.vocab_size)
+        rows.put("generate_batch_wall_s", gb["wall_s"], "s")
+        rows.put("generate_batch_tokens", gb["tokens"], "tokens")
+        rows.put("generate_batch_tokens_per_s", gb["tokens"] / gb["wall_s"], "tokens/s")
+        rows.put("kvbench_vs_generate_batch", speed / (gb["tokens"] / gb["wall_s"]), "x")
+    decode_rows(rows, hf, spec, bw, (16, 512) if args.quick else (64, 1024))
+    return rows
+
+
+def kvbench_rows(
+    rows: Rows, kv: dict, spec: ModelSpec, shape: Shape, bw: float, flops: float
+) -> float:
+    """kvbench's run and the rooflines; returns its tokens/s."""
+    for key, unit in (("wall_s", "s"), ("engine_s", "s"), ("capture_s", "s"),
+                      ("prefill_s", "s"), ("prefill_steps", "steps"), ("steps", "steps"),
+                      ("host_share", "of step time")):  # fmt: skip
+        rows.put(f"kvbench_{key}", kv[key], unit)
+    speed = kv["tokens"] / kv["wall_s"]
+    rows.put("kvbench_tokens_per_s", speed, "tokens/s")
+    tokens = shape.num_requests * shape.output_len
+    roof = tokens / roofline_s(spec, shape, bw, kv["prefill_steps"])
+    rows.put("roofline_tokens_per_s", roof, "tokens/s (weights+KV / copy bw)")
+    roof_fl = tokens / roofline_s(spec, shape, bw, kv["prefill_steps"], flops)
+    rows.put("roofline_with_prefill_flops", roof_fl, "tokens/s (+ prefill GEMMs)")
+    rows.put("kvbench_vs_roofline", speed / roof, "x")
+    rows.put("kvbench_vs_roofline_with_flops", speed / roof_fl, "x")
+    return speed
+
+
+def decode_rows(rows: Rows, hf, spec: ModelSpec, bw: float, shape: tuple[int, int]) -> None:
+    batch, context = shape
+    d = decode_step(hf, spec, batch, context)
+    floor = (spec.weight_bytes + batch * context * spec.kv_bytes_per_token) / bw
+    name = f"decode_b{batch}_l{context}"
+    rows.put(f"{name}_step_ms", 1e3 * d["step_s"], "ms")
+    rows.put(f"{name}_kernel_ms", 1e3 * d["kernel_s"], "ms")
+    rows.put(f"{name}_floor_ms", 1e3 * floor, "ms (weights+KV / copy bw)")
+    rows.put(f"{name}_vs_floor", d["step_s"] / floor, "x")
+
+
+def markdown(rows: list[tuple[str, float, str]], header: str) -> str:
+    lines = [header, "", "| metric | value | unit |", "|---|---:|---|"]
+    lines += [f"| {m} | {v:.4g} | {u} |" for m, v, u in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("results/model_bench"))
+    ap.add_argument("--model", default="llama3_8b")
+    ap.add_argument("--quick", action="store_true", help="64 requests x 32 tokens, batch 16")
+    ap.add_argument("--no-baseline", action="store_true", help="skip generate_batch")
+    ap.add_argument("--max-batched-tokens", type=int, default=16384)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("error: kvbench-model-bench needs a CUDA GPU; torch sees none", file=sys.stderr)
+        sys.exit(2)
+    from experiments import results
+
+    card = torch.cuda.get_device_name()
+    rows = measure(args)
+    shape = QUICK if args.quick else FULL
+    header = (
+        f"card: {card}; {args.model} shapes, random weights, bf16; {shape.num_requests} "
+        f"requests x {shape.prompt_len} prompt + {shape.output_len} output tokens, all at t=0"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(rows, columns=["metric", "value", "unit"]).assign(card=card)
+    table.to_csv(args.out / "model_bench.csv", index=False)
+    (args.out / "model_bench.md").write_text(markdown(rows, header))
+    results.write_json(args.out / "env.json", results.env_record(args.seed, card))
+    print(markdown(rows, header))
+
+
+if __name__ == "__main__":
+    main()
