@@ -61,7 +61,8 @@ class ModelBackend(AttentionBackend):
     ) -> None:
         """
         Args:
-            max_num_seqs: the largest batch replayed from a graph (the engine's cap).
+            max_num_seqs: the engine's cap: the largest batch replayed from a graph (and
+                vattention's virtual rows).
             init_std: standard deviation of the random weights.
             config: a transformers config (default: the `model=` preset's); its shapes must
                 be the ModelSpec's.
@@ -71,7 +72,7 @@ class ModelBackend(AttentionBackend):
         """
         super().__init__(
             model, allocator, dtype, device=device, seed=seed, kernel=kernel, gpu=gpu,
-            graphs=False, max_seq_len=max_seq_len,
+            graphs=False, max_seq_len=max_seq_len, max_num_seqs=max_num_seqs,
         )  # fmt: skip
         cfg = config if config is not None else hf_config(model.name)
         _check_shapes(cfg, model)
@@ -82,7 +83,7 @@ class ModelBackend(AttentionBackend):
         head = self.hf.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, head.bias  # [vocab, hidden]
         self.vocab_size = cfg.vocab_size
-        self.pool.k[:, 0].zero_()  # the null block: padded graph rows attend to it
+        self.pool.k[:, 0].zero_()  # the null block (page): padded graph rows attend to it
         self.pool.v[:, 0].zero_()
         self.tokens = TokenIds(self.vocab_size)
         self._tok_staging = torch.empty(0, dtype=torch.int64)

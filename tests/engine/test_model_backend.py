@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from allocators.vattention import VAttentionAllocator
 from engine.backends.base import StepBatch
 from engine.backends.model import ModelBackend
 from engine.backends.model_graphs import ModelGraphs
@@ -21,6 +22,7 @@ ALLOCATORS = {
     "static": lambda: StaticAllocator(400, 64, "max", "first_fit"),
     "paged": lambda: PagedAllocator(60, 4),
     "prefix": lambda: PrefixAllocator(60, 4),
+    "vattention": lambda: VAttentionAllocator(60, 4, 64, 4 * 2 * 16 * 4),
 }
 
 
@@ -133,6 +135,7 @@ def test_engine_with_forks_and_preemption(name, preemption):
         "static": lambda: StaticAllocator(200, 48, "oracle", "first_fit"),
         "paged": lambda: PagedAllocator(14, 4),
         "prefix": lambda: PrefixAllocator(14, 4),
+        "vattention": lambda: VAttentionAllocator(14, 4, 48),
     }[name]()
     wl = synthetic(
         max_requests=5, seed=2, arrival={"process": "poisson", "rate": 100.0},

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from allocators.vattention import VAttentionAllocator
 from engine.backends.base import StepBatch
 from engine.backends.model import ModelBackend
 from engine.scheduler import Engine, EngineLimits
@@ -24,6 +25,7 @@ ALLOCATORS = {
     "static-oracle": lambda: StaticAllocator(2400, 256, "oracle", "first_fit"),
     "paged-16": lambda: PagedAllocator(90, 16),
     "prefix-16": lambda: PrefixAllocator(90, 16),
+    "vattention-16": lambda: VAttentionAllocator(90, 16, 256),
 }
 
 
