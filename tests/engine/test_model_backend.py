@@ -118,6 +118,8 @@ def test_a_wrong_block_is_caught():
     backend.alloc.allocate(s, 7)
     backend.step(StepBatch(prefills=[(s, 0, 7)]))
     backend.alloc.decode([s])
+    backend.pool.k[:, 19].normal_()  # finite, wrong K/V
+    backend.pool.v[:, 19].normal_()
     backend.rows.table[backend.rows._row[1], 0] = 19  # corrupt the device table
     backend.step(StepBatch(decode_seqs=[s]))
     assert max_rel_error(backend, rec.records) > 100 * TOL

@@ -86,6 +86,8 @@ def test_a_wrong_block_is_caught():
     backend.alloc.allocate(s, 40)
     backend.step(StepBatch(prefills=[(s, 0, 40)]))
     backend.alloc.decode([s])
+    backend.pool.k[:, 39].normal_()  # finite, wrong K/V
+    backend.pool.v[:, 39].normal_()
     backend.rows.table[backend.rows._row[1], 0] = 39  # corrupt the device table
     backend.step(StepBatch(decode_seqs=[s]))
     assert max_rel_error(backend, rec.records) > 10 * TOL
