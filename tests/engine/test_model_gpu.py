@@ -1,7 +1,7 @@
 """The model backend under the engine on a GPU (pytest -m gpu), bf16: every step's logits -
 CUDA-graph replays included - against the same weights run in float32 by transformers with its
 own cache, for static, paged and prefix allocators with forks (n=2), shared prefixes and
-preemption in both modes."""
+preemption in both modes, and vattention with real page maps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
-from allocators.vattention import VAttentionAllocator
 from engine.backends.base import StepBatch
 from engine.backends.model import ModelBackend
 from engine.scheduler import Engine, EngineLimits
@@ -25,7 +24,6 @@ ALLOCATORS = {
     "static-oracle": lambda: StaticAllocator(2400, 256, "oracle", "first_fit"),
     "paged-16": lambda: PagedAllocator(90, 16),
     "prefix-16": lambda: PrefixAllocator(90, 16),
-    "vattention-16": lambda: VAttentionAllocator(90, 16, 256),
 }
 
 
@@ -35,9 +33,9 @@ def small(cfg=None, alloc=None, **kw) -> ModelBackend:
     return ModelBackend(spec_of(cfg), alloc, config=cfg, max_seq_len=256, max_num_seqs=32, **kw)
 
 
-def run_engine(backend: ModelBackend, preemption: str, seed: int = 3) -> tuple:
+def run_engine(backend: ModelBackend, preemption: str, seed: int = 3, requests: int = 16) -> tuple:
     wl = synthetic(
-        max_requests=16, seed=seed, arrival={"process": "poisson", "rate": 400.0},
+        max_requests=requests, seed=seed, arrival={"process": "poisson", "rate": 400.0},
         prompt={"kind": "uniform", "low": 20, "high": 100},
         output={"kind": "uniform", "low": 10, "high": 60}, max_seq_len=256, n=2,
         num_prefixes=2, prefix_len=32,
@@ -70,6 +68,21 @@ def test_eager_and_captured_up_front():
     ahead.capture_graphs()
     assert sorted(ahead.graphs.graphs)[-1] == 32
     assert max_rel_error(ahead, run_engine(ahead, "swap")[1].records) < TOL
+
+
+def test_vattention_maps_pages_for_the_model():
+    """vattention with real page maps: CUDA maps 2 MiB pages, so 64 KV heads of 128 (16 KiB
+    per token and buffer) make 128-token pages, as in the attention backend's GPU tests."""
+    pytest.importorskip("cuda.bindings.driver")
+    from allocators.vattention import VAttentionAllocator
+
+    cfg = llama_config(hidden=8192, heads=64, kv_heads=64)
+    backend = small(cfg, VAttentionAllocator(12, 128, 256))
+    result, rec = run_engine(backend, "recompute", requests=10)
+    print(f"\nvattention: {result.num_preemptions} preemptions, {len(rec.records)} rows")
+    assert backend.graphs.graphs and backend.summary()["vmm_maps"] > 0
+    assert max_rel_error(backend, rec.records) < TOL
+    backend.close()
 
 
 def test_opt_with_graphs():
