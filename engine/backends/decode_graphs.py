@@ -65,7 +65,6 @@ class DecodeGraphs:
         return (
             b.max_query_len == 0
             and bucket(b.num_decode) is not None
-            and b.table.shape[1] <= self.width
             and b.max_decode_len <= self.max_len
         )
 
@@ -75,7 +74,10 @@ class DecodeGraphs:
         n = b.num_decode
         size = bucket(n)
         assert size is not None
-        self.table[:n, : b.table.shape[1]] = b.table
+        # NOTE: the rows' table may be wider than the graph's (it grows by doubling); a
+        # length <= max_len needs no block past the graph's width
+        w = min(b.table.shape[1], self.width)
+        self.table[:n, :w] = b.table[:, :w]
         self.table[n:size] = 0
         self.lens[:n] = b.lens
         self.lens[n:size] = 1

@@ -70,7 +70,6 @@ class ModelGraphs:
         return (
             b.max_query_len == 0
             and b.num_decode <= self.max_batch
-            and b.table.shape[1] <= self.width
             and b.max_decode_len <= self.max_len
         )
 
@@ -82,7 +81,10 @@ class ModelGraphs:
         n = b.num_decode
         size = bucket(n)
         assert size is not None and size <= self.max_batch
-        self.table[:n, : b.table.shape[1]] = b.table
+        # NOTE: the rows' table may be wider than the graph's (it grows by doubling); a
+        # length <= max_len needs no block past the graph's width
+        w = min(b.table.shape[1], self.width)
+        self.table[:n, :w] = b.table[:, :w]
         self.lens[:n] = b.lens
         self.slots[:n] = b.slots
         self.ids[:n] = ids

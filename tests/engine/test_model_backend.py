@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
+from allocators.base import cdiv
 from allocators.vattention import VAttentionAllocator
 from engine.backends.base import StepBatch
 from engine.backends.model import ModelBackend
@@ -37,8 +38,10 @@ def seq(sid: int, prompt: int, out: int, shared: int = 0) -> Seq:
 
 
 def padded_graphs(backend: ModelBackend) -> ModelGraphs:
-    """Decode-only steps through the graph path's padded static inputs, run eagerly."""
-    width = 1 if backend.contiguous else backend.rows.table.shape[1]
+    """Decode-only steps through the graph path's padded static inputs, run eagerly; the
+    graph's table is as narrow as max_len allows (the rows' table grows wider)."""
+    width = 1 if backend.contiguous else cdiv(64, backend.alloc.block_size)
+    assert backend.contiguous or backend.rows.table.shape[1] > width
     backend.graphs = ModelGraphs(backend, width, 64, 8, num_sms=4, capture=False)
     return backend.graphs
 
