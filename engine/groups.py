@@ -163,10 +163,7 @@ class GroupMemory:
         b.swap_in += [(base + h, d, k) for h, d, k in out.swapped_in]
         b.copies_before += out.copies
         for s in g.seqs:  # the newest token: a decode, in a prefill's clothes
-            b.prefills.append((s, n - 1, 1))
-            b.num_prefill += 1
-            b.prefill_cached += n - 1
-            b.prefill_pairs += n - 0.5
+            b.add_prefill(s, n - 1, 1)
         return True
 
     def _admitted(
@@ -174,12 +171,8 @@ class GroupMemory:
     ) -> bool:
         """Record a successful admission: its prefills, prefix-cache hits and fork copies."""
         b = self.batch
-        for entry in prefills:
-            _, cached, computed = entry
-            b.prefills.append(entry)
-            b.num_prefill += computed
-            b.prefill_cached += cached
-            b.prefill_pairs += computed * (cached + computed / 2)
+        for s, cached, computed in prefills:
+            b.add_prefill(s, cached, computed)
             g.num_computed_tokens += computed
         g.num_cached_tokens += hits
         b.copies_after += copies

@@ -17,17 +17,30 @@ import numpy as np
 from allocators.base import MemoryUsage
 from engine.sequence import Group
 
+FEATURES = (
+    "num_prefill_tokens",
+    "num_decode_tokens",
+    "decode_context",
+    "prefill_pairs",
+    "prefill_cached",
+    "num_prefill_seqs",
+    "num_copied_blocks",
+    "num_swapped_blocks",
+)
+"""The step's shape (`StepBatch.features`): new prefill and decode tokens, KV tokens the
+decode tokens read (summed over sequences), query-key pairs of the prefill tokens, cached
+tokens the prefills read, prefilled sequences, blocks copied and blocks swapped. With
+`duration_s` they are a step-time sample (engine/backends/profile.py fits them)."""
 STEP_COLUMNS = (
     "time_s",
     "duration_s",
     "num_running_reqs",
     "num_running_seqs",
     "num_waiting",
-    "num_prefill_tokens",
-    "num_decode_tokens",
     "mem_limited",
     "num_preempted",
     "num_host_blocks",
+    *FEATURES,
     *MemoryUsage._fields,
 )
 TIMING_COLUMNS = ("host_s", "kernel_s")
@@ -68,7 +81,8 @@ class StepLog:
         table = np.frombuffer(self.values, np.float64).reshape(n, len(STEP_COLUMNS))
         cols = {name: table[:, j] for j, name in enumerate(STEP_COLUMNS)}
         for name in STEP_COLUMNS[2:]:
-            cols[name] = cols[name].astype(bool if name == "mem_limited" else np.int64)
+            if name != "prefill_pairs":  # half pairs: causal attention over odd counts
+                cols[name] = cols[name].astype(bool if name == "mem_limited" else np.int64)
         timing = np.frombuffer(self.timing, np.float64) if self.timing else np.zeros(2 * n)
         for j, name in enumerate(TIMING_COLUMNS):
             cols[name] = timing.reshape(n, 2)[:, j]

@@ -153,8 +153,8 @@ class Engine:
             batch.step, batch.decode_seqs, batch.num_decode = step, decode_seqs, num_decode
             batch.decode_context = u.logical_tokens - admitted_logical
             dt = backend.step(batch)
-            log_row((clock, dt, len(running), len(self._seqs), len(waiting), batch.num_prefill,
-                     num_decode, mem_limited, preempted, mem.num_host_blocks, *u))  # fmt: skip
+            log_row((clock, dt, len(running), len(self._seqs), len(waiting), mem_limited,
+                     preempted, mem.num_host_blocks, *batch.features(), *u))  # fmt: skip
             if timed:
                 timing_row((backend.last_host_s, backend.last_kernel_s))
             batch.clear()
@@ -190,8 +190,9 @@ class Engine:
             return 0, clock
         log_row, num_running = self._result.steps.values.extend, len(self._running)
         host = self._mem.num_host_blocks
-        for dt, u in zip(durations, usages):
-            log_row((clock, dt, num_running, num, 0, 0, num, False, 0, host, *u))
+        for dt, u in zip(durations, usages):  # decode only: the context is every token
+            log_row((clock, dt, num_running, num, 0, False, 0, host, 0, num, u.logical_tokens,
+                     0.0, 0, 0, 0, 0, *u))  # fmt: skip
             clock += dt
         return len(durations), clock
 

@@ -64,6 +64,29 @@ class StepBatch:
     prefill_cached: int = 0
     """Tokens already in KV that the prefills attend to, summed."""
 
+    def add_prefill(self, seq: Seq, start: int, num_new: int) -> None:
+        """Prefill `num_new` tokens of `seq` from position `start` (the `start` tokens before
+        it are in KV already, e.g. a prefix-cache hit): the entry and the roofline's counts."""
+        self.prefills.append((seq, start, num_new))
+        self.num_prefill += num_new
+        self.prefill_cached += start
+        self.prefill_pairs += num_new * (start + num_new / 2)
+
+    def features(self) -> tuple[int, int, int, float, int, int, int, int]:
+        """The step's shape, in engine/metrics.py FEATURES order: what a step-time model
+        reads (prefill and decode tokens, KV read, attention pairs, blocks moved)."""
+        copied = swapped = 0
+        if self.copies_before or self.copies_after:
+            copied = sum(n for _, _, n in self.copies_before) + sum(
+                n for _, _, n in self.copies_after
+            )
+        if self.swap_out or self.swap_in:
+            swapped = sum(n for _, _, n in self.swap_out) + sum(n for _, _, n in self.swap_in)
+        return (
+            self.num_prefill, self.num_decode, self.decode_context, self.prefill_pairs,
+            self.prefill_cached, len(self.prefills), copied, swapped,
+        )  # fmt: skip
+
     def clear(self) -> None:
         """Empty what the admissions and allocations filled (the engine reuses one batch)."""
         if self.prefills:
