@@ -6,9 +6,11 @@
 
 `attended` counts query-key pairs: each decode token attends its whole context, each prefill
 token its cached prefix plus half of the new tokens (causal). The efficiencies and the
-overhead are assumptions of the GPU profile (experiments/conf/backend/gpu/); a profile table
-measured by a GPU backend can replace this model through the same `step_time` signature.
-Swaps (preemption=swap) move blocks over PCIe before the step, one direction at a time:
+overhead are assumptions of the GPU profile (experiments/conf/backend/gpu/). With
+`profile=FILE` - steps measured on a GPU by kvbench-calibrate - a fit to those steps prices
+every step instead, copies and swaps included (engine/backends/calibrated.py states the rules
+for a profile of another model, dtype or card, missing shapes and extrapolation). Without one,
+swaps (preemption=swap) move blocks over PCIe before the step, one direction at a time:
 
     swap = (blocks swapped out or in) x block_size x KV bytes per token / pcie_bytes_per_s
 """
@@ -19,7 +21,11 @@ from dataclasses import dataclass
 
 from allocators.base import KVAllocator
 from engine.backends.base import StepBatch
+from engine.backends.calibrated import ProfiledCost
 from engine.models import ModelSpec
+from workloads.errors import KvbenchError
+
+DTYPES = ("bfloat16", "float16")  # the roofline prices 2-byte weights and KV
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class GpuProfile:
     """Scheduling, sampling and launch time per step."""
     pcie_bytes_per_s: float = 32e9
     """Datasheet host link bandwidth, one direction (swaps go one way at a time)."""
+    device_name: str = ""
+    """What the card's CUDA device name contains ("H100 80GB HBM3"): a measured profile
+    (`SimBackend(profile=...)`) must come from such a card."""
 
     def __post_init__(self) -> None:
         if self.hbm_bytes_per_s <= 0 or self.peak_flops <= 0 or self.pcie_bytes_per_s <= 0:
@@ -82,22 +91,43 @@ class RooflineCost:
 
 
 class SimBackend:
-    """The roofline as a Backend: prices a StepBatch from its counts, never reads tables."""
+    """The roofline (or a measured profile) as a Backend: prices a StepBatch from its
+    counts, never reads tables."""
 
     name = "sim"
     multi_step = True
-    kernel = "roofline"
     last_host_s = 0.0
     last_kernel_s = 0.0
 
-    def __init__(self, gpu: GpuProfile, model: ModelSpec, allocator: KVAllocator) -> None:
+    def __init__(
+        self,
+        gpu: GpuProfile,
+        model: ModelSpec,
+        allocator: KVAllocator,
+        profile: str | None = None,
+        dtype: str = "bfloat16",
+    ) -> None:
+        """
+        Args:
+            profile: a step-time profile (Parquet, from kvbench-calibrate) to price steps
+                with instead of the roofline.
+            dtype: of weights and KV; a profile must have been measured with it.
+        """
+        if dtype not in DTYPES:
+            raise KvbenchError(f"backend.dtype must be one of {DTYPES} for the sim, got {dtype!r}")
         self.profile = gpu
-        self.gpu = gpu.name
+        self.gpu, self.kernel = gpu.name, "roofline"
         self.step_time = RooflineCost(model, gpu).step_time
         block_bytes = allocator.block_size * float(model.kv_bytes_per_token)
         self._swap_s_per_block = block_bytes / gpu.pcie_bytes_per_s
+        self.measured: ProfiledCost | None = None
+        if profile is not None:
+            self.measured = ProfiledCost(profile, model.name, dtype, gpu.device_name, gpu.name)
+            self.gpu, self.kernel = self.measured.card, "profile"
 
     def step(self, batch: StepBatch) -> float:
+        if self.measured is not None:
+            return self.measured.step(batch.features())
         dt = self.step_time(
             batch.num_prefill,
             batch.num_decode,
@@ -113,6 +143,8 @@ class SimBackend:
     def stretch(
         self, num_seqs: int, logical_tokens: int, max_steps: int, start_s: float, until_s: float
     ) -> list[float]:
+        if self.measured is not None:
+            return self.measured.decode_run(num_seqs, logical_tokens, max_steps, start_s, until_s)
         step_time, durations, end = self.step_time, [], start_s
         while len(durations) < max_steps and end < until_s:
             logical_tokens += num_seqs
