@@ -5,6 +5,8 @@
                      kv_budget_gib, n, beam_width, request_rate, metric, value, unit,
                      reference, no_reference, incomplete
     DIR/report.md    per experiment and setup: measured (reference)
+    DIR/fidelity.csv GPU runs beside calibrated-sim runs of the same config, metric by metric
+                     (experiments/fidelity.py); also in report.md
 
 Runs are grouped by setup: the hash of the resolved config without the keys their sweep
 varies (experiments/sweeps.py). Runs of different setups never share a table or a figure;
@@ -23,8 +25,8 @@ from typing import Any
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from experiments import fidelity, sweeps
 from experiments import runs as runs_mod
-from experiments import sweeps
 from experiments.reference import REFERENCES
 from workloads.errors import KvbenchError, exits_cleanly
 
@@ -195,11 +197,22 @@ def _ordered(g: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(root: Path) -> pd.DataFrame:
+    """report.csv and report.md; with GPU runs beside calibrated-sim runs of the same
+    configs, also fidelity.csv and the fidelity table in report.md (experiments/fidelity.py)."""
     table = collect(root)
     table.to_csv(root / "report.csv", index=False)
     text = "# kvbench report\n\nmeasured (reference); percentages of KV capacity where %.\n\n"
-    (root / "report.md").write_text(text + markdown(table))
+    (root / "report.md").write_text(text + markdown(table) + _fidelity(root))
     return table
+
+
+def _fidelity(root: Path) -> str:
+    t = fidelity.table(root)
+    if t.empty:
+        (root / "fidelity.csv").unlink(missing_ok=True)  # from runs no longer there
+        return ""
+    t.to_csv(root / "fidelity.csv", index=False)
+    return "\n" + fidelity.markdown(t)
 
 
 @exits_cleanly
@@ -211,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         raise KvbenchError(f"{args.dir}: not a directory")
     table = write_report(args.dir)
     print(markdown(table))
+    if (args.dir / "fidelity.csv").exists():
+        print(fidelity.markdown(pd.read_csv(args.dir / "fidelity.csv")))
     print(f"wrote {args.dir / 'report.csv'} and {args.dir / 'report.md'}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from plots import memory, schemes
+from plots import fidelity, memory, schemes
 from plots.kernels import kernel_bandwidth
 from plots.style import plt, save
 from workloads.errors import KvbenchError, exits_cleanly
@@ -57,12 +57,21 @@ def plot_all(root: Path) -> list[Path]:
             paths += save(draw(g, note), out / f"{stem}{suffix}")
         if exp == "vllm_fig2":
             paths += _timeline(root, g, note, out / f"batch_and_memory_over_time{suffix}")
+    fid = fidelity_table(root)
+    if not fid.empty:
+        paths += save(fidelity.predicted_vs_measured(fid), out / "fidelity")
     for csv in root.rglob("kernels.csv"):
         fig = kernel_bandwidth(pd.read_csv(csv))
         paths += save(fig, out / f"kernel_bandwidth_{csv.parent.name}")
     if not paths:
         raise KvbenchError(f"{root}: no runs or kernel tables to plot")
     return paths
+
+
+def fidelity_table(root: Path) -> pd.DataFrame:
+    from experiments.fidelity import table
+
+    return table(root)
 
 
 def _note(g: pd.DataFrame) -> str:

@@ -17,12 +17,11 @@ whichever predicts held-out shapes better) prices each step from its features. T
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import numpy as np
 
 from engine.backends.profile import StepProfile, load_profile
-from engine.backends.step_fit import StepModel, fit_best
+from engine.backends.step_fit import fit_best
 from engine.metrics import FEATURES
 from workloads.errors import KvbenchError
 
@@ -51,7 +50,7 @@ class ProfiledCost:
                                           profile.table["point"])  # fmt: skip
         self.limits = _limits(profile)
         self._warned: set[str] = set()
-        self._one = _scalar(self.fit)
+        self._one = self.fit.one
 
     def step(self, features: tuple) -> float:
         self.check(features)
@@ -125,23 +124,3 @@ def _limits(profile: StepProfile) -> dict[str, float]:
     per_seq = np.divide(t["decode_context"], nd, out=np.zeros(len(nd)), where=nd > 0)
     cols = {**t, "context_per_seq": per_seq}
     return {name: float(cols[name].max()) for name in CHECKED}
-
-
-def _scalar(fit: StepModel) -> Any:
-    """A one-step predictor: plain floats for the linear model (the sim calls it every
-    step), the vectorized path otherwise."""
-    terms = getattr(fit, "TERMS", None)
-    if terms is None:
-        return lambda f: float(fit.predict({n: np.array([v]) for n, v in zip(FEATURES, f)})[0])
-    coef = [float(c) for c in fit.coef]  # type: ignore[attr-defined]
-    knots = [float(k) for k in fit.knots]  # type: ignore[attr-defined]
-    c0, c1, hinge, rest = coef[0], coef[1], coef[2 : 2 + len(knots)], coef[2 + len(knots) :]
-    index = [FEATURES.index(t) for t in terms]
-    pairs = list(zip(knots, hinge))
-
-    def one(f: tuple) -> float:
-        tokens = f[0] + f[1]
-        t = c0 + c1 * tokens + sum(h * (tokens - k) for k, h in pairs if tokens > k)
-        return t + sum(c * f[i] for c, i in zip(rest, index))
-
-    return one

@@ -26,10 +26,13 @@ so a shape is never predicted from its own repeats) and reports each model's rel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+from engine.metrics import FEATURES
 
 Columns = dict[str, np.ndarray]
 KNOTS = 2.0 ** np.arange(3, 17)  # hinge knots in tokens: 8 .. 65,536
@@ -39,6 +42,11 @@ class StepModel(Protocol):
     name: str
 
     def predict(self, cols: Columns) -> np.ndarray: ...
+
+    def one(self, f: Sequence[float]) -> float:
+        """`predict` of one step given as its FEATURES tuple, in plain floats: the sim
+        prices every step it does not stretch this way."""
+        ...
 
 
 def _tokens(cols: Columns) -> np.ndarray:
@@ -80,6 +88,7 @@ class LinearFit:
         scale[scale == 0] = 1.0
         w = 1.0 / seconds  # relative error: a 5 ms step counts as much as a 500 ms one
         self.coef = nnls(a / scale * w[:, None], seconds * w) / scale
+        self._one: tuple | None = None
 
     def _design(self, cols: Columns) -> np.ndarray:
         tokens = _tokens(cols)
@@ -89,6 +98,17 @@ class LinearFit:
 
     def predict(self, cols: Columns) -> np.ndarray:
         return self._design(cols) @ self.coef
+
+    def one(self, f: Sequence[float]) -> float:
+        if self._one is None:
+            coef = [float(c) for c in self.coef]
+            hinges = list(zip(map(float, self.knots), coef[2 : 2 + len(self.knots)]))
+            rest = list(zip(coef[2 + len(self.knots) :], [FEATURES.index(t) for t in self.TERMS]))
+            self._one = (coef[0], coef[1], hinges, rest)
+        c0, c1, hinges, rest = self._one
+        tokens = f[0] + f[1]
+        t = c0 + c1 * tokens + sum(h * (tokens - k) for k, h in hinges if tokens > k)
+        return t + sum(c * f[i] for c, i in rest)
 
     def terms(self) -> dict[str, float]:
         """The coefficients by name (seconds per unit)."""
@@ -106,6 +126,18 @@ class _Plane:
         for level in self.levels:
             at = outer == level
             self.curves.append(_merge(inner[at], seconds[at]))
+        curves = [(list(map(float, x)), list(map(float, y))) for x, y in self.curves]
+        self._lists = ([float(v) for v in self.levels], curves)
+
+    def one(self, outer: float, inner: float) -> float:
+        """__call__ for one point, in plain floats."""
+        levels, curves = self._lists
+        if len(levels) == 1:
+            return _line_one(*curves[0], inner)
+        outer = max(outer, levels[0])
+        j = min(max(bisect_left(levels, outer) - 1, 0), len(levels) - 2)
+        y0, y1 = _line_one(*curves[j], inner), _line_one(*curves[j + 1], inner)
+        return y0 + (y1 - y0) * (outer - levels[j]) / (levels[j + 1] - levels[j])
 
     def __call__(self, outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
         if len(self.levels) == 1:
@@ -134,6 +166,14 @@ def _merge(x: np.ndarray, y: np.ndarray, tol: float = 0.05) -> tuple[np.ndarray,
         start = x[i] if new else start
     count = np.bincount(cluster)
     return np.bincount(cluster, x) / count, np.bincount(cluster, y) / count
+
+
+def _line_one(xs: list[float], ys: list[float], x: float) -> float:
+    if len(xs) == 1:
+        return ys[0]
+    x = max(x, xs[0])
+    i = min(max(bisect_left(xs, x) - 1, 0), len(xs) - 2)
+    return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
 
 
 def _line(xs: np.ndarray, ys: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -185,6 +225,16 @@ class GridFit:
         c = {k: np.asarray(v, np.float64) for k, v in cols.items()}
         moved = self.per_copy * c["num_copied_blocks"] + self.per_swap * c["num_swapped_blocks"]
         return self._base(c) + moved
+
+    def one(self, f: Sequence[float]) -> float:
+        npf, nd, ctx, _, cached, _, copied, swapped = f
+        t = self.per_copy * copied + self.per_swap * swapped
+        if nd:
+            t += self.decode.one(nd, ctx / nd) if self.decode else float("nan")
+        if npf:
+            t += self.prefill.one(cached, npf) if self.prefill else float("nan")
+            t -= self.fixed if nd else 0.0
+        return t
 
 
 MODELS: dict[str, Callable[[Columns, np.ndarray], StepModel]] = {

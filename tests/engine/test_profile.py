@@ -174,3 +174,14 @@ def test_the_sim_priced_from_a_profile_tracks_the_truth(tmp_path):
         out[profile is None] = steps["time_s"][-1] + steps["duration_s"][-1]
     assert abs(out[False] / out[True] - 1) < 0.03, out
     assert sim.gpu == META["card"] and sim.kernel == "profile"
+
+
+@pytest.mark.parametrize("fit", [LinearFit, GridFit])
+def test_one_step_equals_the_vectorized_prediction(fit):
+    t = synthetic_table()
+    model = fit({k: t[k] for k in FEATURES}, t["duration_s"])
+    rng = np.random.default_rng(3)
+    steps = [shape((int(b), int(c)), (int(p), int(k), 1), copied=int(n), swapped=int(w))
+             for b, c, p, k, n, w in rng.integers(0, 3000, (40, 6)) if b + p]  # fmt: skip
+    cols = {n: np.array([f[j] for f in steps], float) for j, n in enumerate(FEATURES)}
+    np.testing.assert_allclose([model.one(f) for f in steps], model.predict(cols), rtol=1e-9)
