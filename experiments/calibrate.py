@@ -5,8 +5,9 @@
 Config overrides are kvbench's (the backend, model, allocator and KV budget are built exactly
 as `kvbench` builds them); the flags set the grid (experiments/calibrate_grid.py). The profile
 (engine/backends/profile.py) goes to --out, by default results/profiles/<model>_<card>_<dtype>
-.parquet, and the fit's held-out error is printed. Points the KV budget cannot hold are
-skipped and listed. Runs on the CPU too: backend.device=cpu (the attention backend through
+.parquet, and the fit's held-out error is printed. Points the KV budget cannot hold, or whose
+sequences grow beyond max_seq_len (what the backend's decode graphs hold), are skipped and
+listed. Runs on the CPU too: backend.device=cpu (the attention backend through
 Triton's interpreter, for tests).
 """
 
@@ -33,7 +34,7 @@ from workloads.errors import KvbenchError
 
 GRID = {  # flag: (default, help)
     "decode_batches": ("1,2,4,8,16,32,64,128,256", "decode batch sizes"),
-    "decode_contexts": ("128,512,1024,2048,4096,8192,16384", "tokens each decode sequence holds"),
+    "decode_contexts": ("128,512,1024,2048,4096,8192,16000", "tokens each decode sequence holds"),
     "prefill_tokens": ("128,512,2048,8192", "new tokens of a prefill step"),
     "prefill_cached": ("0,2048,8192", "cached tokens before each prefill sequence's new ones"),
     "prefill_seqs": ("1,4", "sequences the prefill tokens are split over"),
@@ -122,13 +123,18 @@ def calibrate(args: argparse.Namespace) -> tuple[StepProfile, Path, list[str]]:
     num_slots = spec.kv_capacity_slots(budget)
     alloc = job.build(alloc_cfg, num_slots=num_slots, max_seq_len=cfg.max_seq_len)
     backend = job.build_backend(cfg, spec, alloc)
-    grid = points(args.grid)
-    skipped: list[str] = []
+    steps = args.warmup + args.repeats
+    grid, skipped = [], []
+    for p in points(args.grid):  # NOTE: decode graphs hold sequences up to max_seq_len
+        if p.longest(steps) > cfg.max_seq_len:
+            skipped.append(f"{p.label()} (longer than max_seq_len)")
+        else:
+            grid.append(p)
 
     def progress(p: Point, rows: Any) -> None:
         bar.update()
         if rows is None:
-            skipped.append(p.label())
+            skipped.append(f"{p.label()} (beyond the KV budget)")
 
     with tqdm(total=len(grid), unit="shape", disable=not cfg.progress) as bar:
         rows, ids = run_grid(Driver(alloc, backend), grid, args.warmup, args.repeats, progress)
@@ -198,7 +204,7 @@ def describe(profile: StepProfile, fit: dict[str, Any], skipped: list[str]) -> s
         f"the sim uses {fit['model']}",
     ]
     if skipped:
-        lines.append(f"  skipped (do not fit the KV budget): {'; '.join(skipped)}")
+        lines.append(f"  skipped: {'; '.join(skipped)}")
     return "\n".join(lines)
 
 

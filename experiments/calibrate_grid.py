@@ -44,11 +44,10 @@ class Point:
     swap: int = 0
     """Tokens of the request swapped out and in on alternate steps."""
 
-    def slots(self, steps: int) -> int:
-        """KV slots the point holds at most (forks: twice the decode sequences)."""
-        b, ctx = self.decode
+    def longest(self, steps: int) -> int:
+        """Tokens of the point's longest sequence after `steps` steps."""
         tokens, cached, n = self.prefill
-        return (1 + self.fork) * b * (ctx + steps) + n * cached + tokens + self.swap + 1
+        return max(self.decode[1] + steps, cached + tokens // max(n, 1), self.swap + 1)
 
     def label(self) -> str:
         parts = []

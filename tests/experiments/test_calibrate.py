@@ -38,7 +38,7 @@ def _run(alloc, grid: list[Point], repeats: int = 2):
 
 
 # NOTE: decode KV is never prefilled (times do not depend on values): garbage may overflow
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:(overflow|invalid value|All-NaN slice) encountered")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,8 @@ def test_the_quick_grid_covers_every_kind():
 
 def test_the_command_writes_a_profile(tmp_path):
     out = tmp_path / "p.parquet"
-    r = subprocess.run([*CALIBRATE, *CPU, "--out", str(out), *SMALL_GRID], capture_output=True,
+    args = [*CPU, "max_seq_len=41", "--out", str(out), *SMALL_GRID]  # 40 + 2 steps: too long
+    r = subprocess.run([*CALIBRATE, *args], capture_output=True,
                        text=True, timeout=600, env={**os.environ,
                                                     "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -90,7 +91,8 @@ def test_the_command_writes_a_profile(tmp_path):
     assert p.meta["dtype"] == "bfloat16" and p.meta["backend"] == "attention"
     assert p.meta["versions"]["torch"] and "--decode-batches 1,2" in p.meta["command"]
     assert p.meta["fit"]["model"] in ("linear", "grid")
-    assert len(np.unique(p.table["point"])) == 4 + 2 + 1 + 1 + 1 and len(p) == 18
+    assert "skipped: decode 1x40 (longer than max_seq_len); decode 2x40" in r.stdout
+    assert len(np.unique(p.table["point"])) == 2 + 2 + 1 + 1 + 1 and len(p) == 14
     # a profile of the CPU cannot price an H100's steps: the card rule
     r = kvbench(
         "workload.max_requests=5",
@@ -114,3 +116,19 @@ def test_errors(args, message):
     r = subprocess.run([*CALIBRATE, *args], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert_one_line_error(r, message)
+
+
+def test_the_model_backend_runs_every_kind_of_shape():
+    from engine.backends.model import ModelBackend
+    from tests.engine.model_cases import llama_config, spec_of
+
+    cfg = llama_config()
+    alloc = PagedAllocator(200, 4)
+    backend = ModelBackend(spec_of(cfg), alloc, dtype="float32", device="cpu", graphs=False,
+                           config=cfg)  # fmt: skip
+    grid = points({k: _ints(v) for k, v in QUICK.items()})
+    _, ids = run_grid(Driver(alloc, backend), grid, 1, 1, lambda p, r: None)
+    assert sorted(set(ids)) == list(range(len(grid)))  # every shape ran
+    # the last shape: a swap-in step, 8 decode rows and the swapped sequence's newest token
+    assert tuple(backend.last_logits.shape) == (9, cfg.vocab_size)
+    assert alloc.usage().token_states == 0
