@@ -63,18 +63,20 @@ class CachingBlockPool:
     """For a prefix cache: freed blocks it can hit again go to the back (LRU), the others to
     the front; a hit takes a free block out of the middle; evictions are reported.
 
-    The queue is two plain containers, so that handing out and returning blocks costs what
-    the FIFO pool's deque does (an OrderedDict costs 5x that per block):
+    The queue is two plain lists, so that handing out and returning blocks costs what the
+    FIFO pool's deque does (an OrderedDict costs 5x that per block):
 
-        queue (front -> back) = reversed(front) ++ the live entries of `back`
-        front   list, a stack: the unhashed blocks returned, the last one returned on top
-        back    deque: the initial blocks, then the hashed blocks in the order returned;
-                a hit on a free block leaves its entry behind, dead (`dead[b]` counts the
-                dead entries of b, which all lie before b's one live entry, if any)
+        queue (front -> back) = reversed(front) ++ the live entries of back[head:]
+        front   a stack: the unhashed blocks returned, the last one returned on top
+        back    the initial blocks, then the hashed blocks in the order returned; blocks
+                leave from `head` on (a slice); a hit on a free block leaves its entry
+                behind, dead (`dead[b]` counts the dead entries of b, which all lie before
+                b's one live entry, if any)
 
     Unhashed blocks are never hit (nothing is found in them), and a free block neither gains
     nor loses its hash while free, so hits come from `back` only. Dead entries are skipped
-    when they reach the front, and compacted away when they outnumber the live ones.
+    when they reach the head; they, and the entries before the head, are dropped when they
+    outnumber the live ones (linear, amortized O(1)).
     """
 
     def __init__(
@@ -89,19 +91,22 @@ class CachingBlockPool:
         self.entry = entry
         self.on_reuse = on_reuse
         self.front: list[int] = []
-        self.back: deque[int] = deque(range(1, num_blocks + 1))
+        self.back = list(range(1, num_blocks + 1))
+        self.head = 0
         self.dead = [0] * (num_blocks + 1)
         self.num_dead = 0
+        self.num_free = num_blocks
+        self.num_released = 0  # calls of `release`: the only way the queue grows
 
     def __len__(self) -> int:
-        return len(self.front) + len(self.back) - self.num_dead
+        return self.num_free
 
     @property
     def free(self) -> list[int]:
         """The free queue, front first (for checks and tests: built on each call)."""
         dead = list(self.dead)
         live = []
-        for b in self.back:
+        for b in self.back[self.head :]:
             if dead[b]:
                 dead[b] -= 1
             else:
@@ -110,32 +115,37 @@ class CachingBlockPool:
 
     def _pop_back(self) -> int:
         """The first live entry of `back`, taken off."""
-        back, dead = self.back, self.dead
-        b = back.popleft()
+        back, dead, h = self.back, self.dead, self.head
+        b = back[h]
         while dead[b]:
             dead[b] -= 1
             self.num_dead -= 1
-            b = back.popleft()
+            h += 1
+            b = back[h]
+        self.head = h + 1
         return b
 
     def pop(self) -> int:
+        self.num_free -= 1
         if self.front:
             b = self.front.pop()
         else:
-            b = self._pop_back() if self.num_dead else self.back.popleft()
+            b = self._pop_back()
             if self.entry[b] is not None:
                 self.on_reuse([b])
         self.ref[b] = 1
         return b
 
     def take(self, n: int) -> list[int]:
+        self.num_free -= n
         front, ref = self.front, self.ref
         k = min(n, len(front))
         out = front[len(front) - k :][::-1]  # the top k, top first
         del front[len(front) - k :]
         if n > k:
-            popleft = self.back.popleft
-            got = [popleft() for _ in range(n - k)]
+            h = self.head
+            got = self.back[h : h + n - k]
+            self.head = h + n - k
             if self.num_dead:
                 got = self._skip_dead(got)
             entry = self.entry
@@ -148,7 +158,7 @@ class CachingBlockPool:
         return out
 
     def _skip_dead(self, got: list[int]) -> list[int]:
-        """`got`, popped off `back`, without its dead entries, refilled to its length."""
+        """`got`, sliced off `back`, without its dead entries, refilled to its length."""
         dead = self.dead
         live = []
         for b in got:
@@ -164,21 +174,26 @@ class CachingBlockPool:
     def release(self, blocks: list[int]) -> None:
         """Blocks whose refcount reached 0 go back, in order; those without a cache entry
         to the front (the last of them first)."""
+        self.num_released += 1
+        self.num_free += len(blocks)
         entry = self.entry
         unhashed = [b for b in blocks if entry[b] is None]
-        if not unhashed:
-            self.back.extend(blocks)
-            return
-        self.front += unhashed
-        if len(unhashed) < len(blocks):
-            self.back.extend([b for b in blocks if entry[b] is not None])
+        if unhashed:
+            self.front += unhashed
+            blocks = [b for b in blocks if entry[b] is not None]
+        self.back += blocks
+        if self.head > 1024 and 2 * self.head > len(self.back):
+            del self.back[: self.head]
+            self.head = 0
 
     def revive(self, b: int) -> None:
         """A free block with a cache entry is held again (the caller sets its refcount)."""
+        self.num_free -= 1
         self.dead[b] += 1
         self.num_dead += 1
-        if self.num_dead > 1024 and 2 * self.num_dead > len(self.back):
-            self.back = deque(self.free[len(self.front) :])  # NOTE: linear, amortized O(1)
+        if self.num_dead > 1024 and 2 * self.num_dead > len(self.back) - self.head:
+            self.back = self.free[len(self.front) :]
+            self.head = 0
             self.dead = [0] * (self.num_blocks + 1)
             self.num_dead = 0
 
@@ -186,6 +201,7 @@ class CachingBlockPool:
         entry = self.entry
         assert all(entry[b] is None for b in self.front), "a hashed block at the front"
         assert sum(self.dead) == self.num_dead, "dead entries miscounted"
+        assert self.num_free == len(self.free), "free blocks miscounted"
         _check(self.free, self.ref, self.num_blocks, refs)
 
 

@@ -1,14 +1,16 @@
 """vLLM's automatic prefix caching as a cache policy over a block pool (vllm/v1/core).
 
-Every full block gets a chained hash h_i = hash((h_{i-1}, key_i)), key_i being the block's
-tokens as `TokenSource.block_keys` gives them (h_{-1} = 0). A lookup walks a sequence's chain
-and takes every block whose hash is cached and whose (parent hash, key) match - tokens are
-re-checked, a hash alone is never trusted.
+Every full block gets a chained hash h_i = hash(m_i), m_i = (h_{i-1}, key_i), key_i being the
+block's tokens as `TokenSource.block_keys` gives them (h_{-1} = 0). A lookup walks a
+sequence's chain and takes every block whose hash is cached and whose m_i matches - tokens
+are re-checked, a hash alone is never trusted.
 
-    block_hash[b], block_meta[b]   a cached block's hash and (parent hash, key), else None
+    block_hash[b], block_meta[b]   a cached block's hash and (parent hash, key), else None;
+                                   the meta tuple is the one the hash was taken of (shared
+                                   with the chain that computed it: no copies per block)
     first[h]                       the oldest cached block of hash h (what a lookup takes)
     later[h]                       younger blocks of hash h, oldest first (recomputed copies)
-    chains[seq_id]                 a live sequence's hashes and keys, computed once:
+    chains[seq_id]                 a live sequence's hashes and metas, computed once:
                                    registration reuses what its admission's lookup computed
                                    and extends them, in one go, to the last block the
                                    sequence can fill (its generated tokens are known)
@@ -41,6 +43,7 @@ from allocators.block_pool import CachingBlockPool
 
 ROOT = 0  # parent hash of the first block
 MAX_PENDING = 1024
+Meta = tuple[int, Hashable]  # (h_{i-1}, key_i): what h_i is the hash of
 
 
 class Holder(Protocol):
@@ -53,16 +56,17 @@ class Holder(Protocol):
 @dataclass(slots=True, eq=False)  # NOTE: hashed by identity (the keys of watch[b])
 class Chain:
     hashes: list[int] = field(default_factory=list)
-    keys: list[Hashable] = field(default_factory=list)
+    metas: list[Meta] = field(default_factory=list)
     num_registered: int = 0  # leading blocks whose table entries carry their hash
     hits: list[int] = field(default_factory=list)  # the last lookup's result (while pending)
+    refused: tuple[int, int, int, int] | None = None  # (tokens, releases, hits, max) then
 
 
 class HashChainCache:
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.block_size = block_size
         self.block_hash: list[int | None] = [None] * (num_blocks + 1)
-        self.block_meta: list[tuple[int, Hashable] | None] = [None] * (num_blocks + 1)
+        self.block_meta: list[Meta | None] = [None] * (num_blocks + 1)
         self.pool = CachingBlockPool(num_blocks, self.block_hash, self.uncache)
         self.first: dict[int, int] = {}
         self.later: dict[int, list[int]] = {}
@@ -85,11 +89,44 @@ class HashChainCache:
         done = len(ch.hashes)
         keys = seq.tokens.block_keys(done, num_blocks, self.block_size)
         parent = ch.hashes[-1] if done else ROOT
-        hashes = ch.hashes
+        hashes, metas = ch.hashes, ch.metas
         for key in keys:
-            parent = hash((parent, key))
+            m = (parent, key)
+            parent = hash(m)
             hashes.append(parent)
-        ch.keys += keys
+            metas.append(m)
+
+    def admissible(self, seq: SeqLike, num_tokens: int) -> tuple[list[int], list[int]] | None:
+        """(hits, the free ones among them) for admitting seq's first num_tokens, or None
+        when the pool cannot hold them. The last prompt token is always computed (its
+        logits), so hits cover at most prompt_len - 1 tokens.
+
+        NOTE: a refused request is retried every step. Until blocks return to the pool or
+        its hits grow, it stays refused (the blocks its hits do not hold can only go, and
+        each hit that goes needs a block more): then a retry costs one probe."""
+        pool = self.pool
+        ch = self.pending.get(seq.seq_id)
+        if ch is not None and ch.refused is not None:
+            n, released, k, max_blocks = ch.refused
+            if (
+                n == num_tokens
+                and released == pool.num_released
+                and k == len(ch.hits)
+                and (k == max_blocks or ch.hashes[k] not in self.first)
+            ):
+                return None
+        max_hit = num_tokens - 1 if num_tokens >= seq.prompt_len else num_tokens
+        max_blocks = max_hit // self.block_size
+        hits = self.lookup(seq, max_blocks)
+        need = -(-num_tokens // self.block_size) - len(hits)
+        if need <= len(pool):
+            ref = pool.ref
+            revived = [b for b in hits if ref[b] == 0]
+            if need <= len(pool) - len(revived):
+                return hits, revived
+        ch = self.pending[seq.seq_id]
+        ch.refused = (num_tokens, pool.num_released, len(hits), max_blocks)
+        return None
 
     def lookup(self, seq: SeqLike, max_blocks: int) -> list[int]:
         """The cached blocks of seq's leading full blocks (at most max_blocks); the list is
@@ -109,16 +146,13 @@ class HashChainCache:
         if len(ch.hits) > max_blocks:
             self._cut(ch, max_blocks)
         hashes, hits = ch.hashes, ch.hits
-        first, meta, keys, watch = self.first, self.block_meta, ch.keys, self.watch
-        parent = hashes[len(hits) - 1] if hits else ROOT
+        first, meta, metas, watch = self.first, self.block_meta, ch.metas, self.watch
         for i in range(len(hits), max_blocks):
-            h = hashes[i]
-            b = first.get(h)
-            if b is None or meta[b] != (parent, keys[i]):
+            b = first.get(hashes[i])
+            if b is None or meta[b] != metas[i]:  # the tokens re-checked
                 break
             hits.append(b)
             watch.setdefault(b, {})[ch] = i
-            parent = h
         return hits
 
     def _cut(self, ch: Chain, keep: int) -> None:
@@ -134,13 +168,11 @@ class HashChainCache:
     def _walk(self, ch: Chain, max_blocks: int) -> list[int]:
         """The hits of ch's first max_blocks blocks, walked from scratch (for checks)."""
         hits: list[int] = []
-        parent = ROOT
-        for h, key in zip(ch.hashes[:max_blocks], ch.keys):
+        for h, m in zip(ch.hashes[:max_blocks], ch.metas):
             b = self.first.get(h)
-            if b is None or self.block_meta[b] != (parent, key):
+            if b is None or self.block_meta[b] != m:
                 break
             hits.append(b)
-            parent = h
         return hits
 
     def register(self, seq: SeqLike, table: Sequence[int], num_tokens: int) -> None:
@@ -161,7 +193,7 @@ class HashChainCache:
         b = table[i]
         if self.block_hash[b] is None:
             h = self.block_hash[b] = hashes[i]
-            self.block_meta[b] = (hashes[i - 1] if i else ROOT, ch.keys[i])
+            self.block_meta[b] = ch.metas[i]
             if h in self.first:
                 self.later.setdefault(h, []).append(b)
             else:
@@ -179,13 +211,12 @@ class HashChainCache:
     def _register(self, ch: Chain, seq: SeqLike, table: Sequence[int], num_full: int) -> None:
         if len(ch.hashes) < num_full:  # NOTE: up to the last block seq can fill, in one go
             self._extend(ch, seq, max(num_full, (seq.final_len - 1) // self.block_size))
-        block_hash, meta, first, hashes = self.block_hash, self.block_meta, self.first, ch.hashes
-        for i in range(ch.num_registered, num_full):
-            b = table[i]
+        block_hash, meta, first = self.block_hash, self.block_meta, self.first
+        i = ch.num_registered
+        for b, h, m in zip(table[i:num_full], ch.hashes[i:num_full], ch.metas[i:num_full]):
             if block_hash[b] is None:
-                h = hashes[i]
                 block_hash[b] = h
-                meta[b] = (hashes[i - 1] if i else ROOT, ch.keys[i])
+                meta[b] = m
                 if h in first:
                     self.later.setdefault(h, []).append(b)
                 else:
@@ -204,7 +235,7 @@ class HashChainCache:
         if p is None:
             return
         k = min(num_tokens // self.block_size, len(p.hashes))
-        self.chains[child_id] = Chain(p.hashes[:k], p.keys[:k], min(p.num_registered, k))
+        self.chains[child_id] = Chain(p.hashes[:k], p.metas[:k], min(p.num_registered, k))
 
     def forget(self, seq_id: int) -> None:
         self.chains.pop(seq_id, None)
@@ -212,26 +243,35 @@ class HashChainCache:
     def uncache(self, blocks: list[int]) -> None:
         """The blocks' contents are no longer cached: evicted (they leave the free queue for
         reuse), or never written (an admission rolled back in its step: `abort`)."""
-        block_hash, first, later, watch = self.block_hash, self.first, self.later, self.watch
+        block_hash, meta, first, later, watch = (
+            self.block_hash, self.block_meta, self.first, self.later, self.watch
+        )  # fmt: skip
         for b in blocks:
             h = block_hash[b]
             if h is None:
                 continue
-            block_hash[b] = self.block_meta[b] = None
-            if b in watch:  # NOTE: not block_hash: an evicted block may be refilled with
-                # the same tokens and registered again, behind another block of its hash
-                for ch, i in list(watch[b].items()):
-                    self._cut(ch, i)
-            if h not in later:
-                del first[h]
-                continue
-            more = later[h]
-            if first[h] == b:
-                first[h] = more.pop(0)
+            block_hash[b] = meta[b] = None
+            if b in watch or h in later:
+                self._uncache_rare(b, h)
             else:
-                more.remove(b)
-            if not more:
-                del later[h]
+                del first[h]
+
+    def _uncache_rare(self, b: int, h: int) -> None:
+        """`uncache` of a block some pending chain's hits hold, or with copies of its hash."""
+        if b in self.watch:  # NOTE: not block_hash: an evicted block may be refilled with
+            # the same tokens and registered again, behind another block of its hash
+            for ch, i in list(self.watch[b].items()):
+                self._cut(ch, i)
+        more = self.later.get(h)
+        if more is None:
+            del self.first[h]
+            return
+        if self.first[h] == b:
+            self.first[h] = more.pop(0)
+        else:
+            more.remove(b)
+        if not more:
+            del self.later[h]
 
     def check_invariants(self, tables: dict[int, tuple[Sequence[int], int]]) -> None:
         """tables: seq_id -> (block table, tokens) of every live sequence."""

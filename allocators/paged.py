@@ -171,20 +171,19 @@ class PagedAllocator:
             raise ValueError(f"sequence {seq.seq_id}: admission needs at least one token")
         bs, pool, cache = self.block_size, self._pool, self._cache
         hits: list[int] = []
-        if cache is not None:  # the last prompt token is always computed: its logits
-            max_hit = num_tokens - 1 if num_tokens >= seq.prompt_len else num_tokens
-            hits = cache.lookup(seq, max_hit // bs)
-        need = cdiv(num_tokens, bs) - len(hits)
-        if need > len(pool):  # NOTE: a refused head of the queue is retried every step
-            return None
-        ref = self._ref
-        revived = [b for b in hits if ref[b] == 0]  # cached, free: taken out of the queue
-        if need > len(pool) - len(revived):
-            return None
-        if revived:
-            assert cache is not None
+        revived: list[int] = []  # cached, free: taken out of the queue
+        if cache is None:
+            if cdiv(num_tokens, bs) > len(pool):  # NOTE: a refused head is retried every step
+                return None
+        else:
+            found = cache.admissible(seq, num_tokens)
+            if found is None:
+                return None
+            hits, revived = found
             for b in revived:
                 cache.pool.revive(b)
+        need = cdiv(num_tokens, bs) - len(hits)
+        ref = self._ref
         for b in hits:
             ref[b] += 1
         num_cached = len(hits) * bs

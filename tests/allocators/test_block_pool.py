@@ -91,8 +91,28 @@ def test_dead_entries_are_compacted():
         pool.revive(b)
         pool.revive(a)
         pool.ref[a] = pool.ref[b] = 1
-    assert pool.num_dead < 1024 + 2 and len(pool.back) == NUM_BLOCKS - 2 + pool.num_dead
+    assert pool.num_dead < 1024 + 2
+    assert len(pool.back) - pool.head == NUM_BLOCKS - 2 + pool.num_dead
     pool.ref[a] = pool.ref[b] = 0
     pool.release([a, b])
     assert pool.free == [3, 4, 5, 6, 7, 8, a, b]
+    pool.check_invariants()
+
+
+def test_the_entries_handed_out_are_dropped_in_bulk():
+    """Hashed blocks go round the queue many times: the consumed part of `back` is cut off
+    once it outgrows the rest, and the order stays the model's."""
+    entry: list[object] = [0] * (NUM_BLOCKS + 1)
+    pool = CachingBlockPool(NUM_BLOCKS, entry, lambda blocks: None)
+    model = Model()
+    for i in range(3000):
+        n = 1 + i % NUM_BLOCKS
+        got = pool.take(n)
+        assert got == model.take(n, entry)
+        for b in got:
+            pool.ref[b] = 0
+        pool.release(got[::-1])
+        model.release(got[::-1], entry)
+        assert pool.free == model.queue
+    assert pool.head < 2 * 1024 + NUM_BLOCKS and len(pool.back) < 4 * 1024
     pool.check_invariants()

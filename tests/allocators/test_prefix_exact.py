@@ -126,3 +126,19 @@ def test_a_refilled_hit_block_behind_another_copy_is_not_trusted():
     a.check_invariants()  # the cache's check walks every remembered lookup again
     assert a.allocate(s2, 10) is None
     a.check_invariants()
+
+
+def test_a_refused_request_sees_a_block_filled_in_place_since():
+    """Nothing returned to the pool, but a held block became full and cached: the retry
+    finds it (a remembered refusal is only trusted while its hits cannot grow)."""
+    a = PrefixAllocator(num_blocks=6, block_size=2)
+    s1 = seq(1, prompt_len=4, output_len=4, shared_prefix=4)
+    a.allocate(s1, 3)  # [1, 2]: block 2 holds one token, not cached yet
+    a.allocate(seq(9, prompt_len=5, output_len=1), 5)  # [3, 4, 5]: one block left
+    s2 = seq(2, prompt_len=5, output_len=1, shared_prefix=4)
+    assert a.allocate(s2, 5) is None  # hits block 1 only: needs 2 more of the 1 left
+    assert a.allocate(s2, 5) is None  # retried: nothing changed
+    a.allocate(s1, 1)  # fills block 2 in place: cached now
+    out = a.allocate(s2, 5)
+    assert out.num_cached_tokens == 4 and a.block_table(2) == [1, 2, 6]
+    a.check_invariants()
