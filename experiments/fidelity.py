@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.backends.profile import load_profile
 from experiments import runs as runs_mod
 from experiments.identity import PRESENTATION_KEYS, digest
+from workloads.errors import KvbenchError
 
 MEASURED_BACKENDS = ("model", "attention")
 METRICS = {  # name: (label, unit, target)
@@ -34,7 +36,7 @@ METRICS = {  # name: (label, unit, target)
     "num_preemptions": ("preemptions", "count", None),
 }
 COLUMNS = ["case", "workload", "system", "allocator", "gpu", "measured_run", "predicted_run",
-           "metric", "measured", "predicted", "error", "target", "within"]  # fmt: skip
+           "profile", "metric", "measured", "predicted", "error", "target", "within"]  # fmt: skip
 
 
 def latency(run_dir: Path) -> dict[str, float]:
@@ -97,7 +99,8 @@ def table(root: Path) -> pd.DataFrame:
             judged = target is not None and np.isfinite(err)
             within = bool(abs(err) <= target + 1e-9) if judged else None
             keys = [rec.get(k) for k in ("workload", "system", "allocator", "gpu")]
-            rows.append([case, *keys, m.name, p.name, metric, a, b, err, target, within])
+            profile = p.config.get("backend.profile")
+            rows.append([case, *keys, m.name, p.name, profile, metric, a, b, err, target, within])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -119,7 +122,23 @@ def markdown(t: pd.DataFrame) -> str:
         lines.append(f"| {case} | {g.gpu.iloc[0]} | " + " | ".join(cells) + " |")
     judged = t.within.dropna()
     lines += ["", f"within target: {int(judged.sum())} of {len(judged)} comparisons", ""]
-    return "\n".join(lines)
+    lines += [f"- {_profile_line(path)}" for path in dict.fromkeys(t.profile.dropna())]
+    return "\n".join(lines) + "\n"
+
+
+def _profile_line(path: str) -> str:
+    """The profile the sim runs used: its card and its fit's held-out error."""
+    try:
+        meta = load_profile(path).meta
+    except KvbenchError as e:
+        return f"profile {e}"
+    fit = meta.get("fit") or {}
+    err = fit.get(fit.get("model"), {})
+    if not err:
+        return f"profile {path}: {meta['card']}, measured {meta['date']}"
+    return (f"profile {path}: {meta['card']}, measured {meta['date']}; the sim's fit "
+            f"({fit['model']}) predicts held-out shapes within {100 * err['mean']:.1f}% on "
+            f"average (p95 {100 * err['p95']:.1f}%)")  # fmt: skip
 
 
 def _cell(r: Any) -> str:

@@ -14,16 +14,19 @@ from omegaconf import OmegaConf
 
 from experiments.fidelity import METRICS, latency, markdown, pairs, table
 from plots.cli import plot_all
+from tests.engine.profile_cases import write_synthetic
 from tests.experiments.test_cli import ROOT
 from tests.experiments.test_configs import cfg_with, options
 
 ARRIVAL = np.arange(100) * 0.1
 
 
-def write_run(path, backend, workload="azure_conv", speed=1.0, kernel="profile", **summary):
+def write_run(path, backend, workload="azure_conv", speed=1.0, kernel="profile", profile=None,
+              **summary):  # fmt: skip
     """A finished run: requests first-token 0.2 s and finishing 2 s after arrival (/ speed),
     10 output tokens each; summary numbers as given."""
     path.mkdir(parents=True)
+    profile = {"profile": str(profile)} if profile else {}
     reqs = pd.DataFrame({
         "req_id": np.arange(100), "arrival_s": ARRIVAL, "first_token_s": ARRIVAL + 0.2 / speed,
         "finish_s": ARRIVAL + 2.0 / speed, "prompt_tokens": 50, "output_tokens": 10,
@@ -31,7 +34,7 @@ def write_run(path, backend, workload="azure_conv", speed=1.0, kernel="profile",
     })  # fmt: skip
     reqs.to_parquet(path / "requests.parquet")
     cfg = {"workload": {"name": workload, "max_requests": 100}, "allocator": {"block_size": 16},
-           "backend": {"_target_": backend}, "seed": 0, "progress": False}  # fmt: skip
+           "backend": {"_target_": backend, **profile}, "seed": 0, "progress": False}  # fmt: skip
     (path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     record = {"backend": backend, "kernel": kernel, "workload": workload, "allocator": "paged",
               "gpu": "NVIDIA H100 80GB HBM3", "requests_finished": 100, "sim_time_s": 12.0,
@@ -43,8 +46,10 @@ def write_run(path, backend, workload="azure_conv", speed=1.0, kernel="profile",
 def results(tmp_path):
     gpu = dict(throughput_tokens_per_s=1000.0, mean_batch_size=20.0, num_preemptions=4)
     write_run(tmp_path / "gpu/0", "model", **gpu)
+    fit = {"model": "linear", "linear": {"mean": 0.031, "p95": 0.09}}
+    write_synthetic(tmp_path / "p.parquet", fit=fit)
     write_run(tmp_path / "sim/0", "sim", speed=1.25, throughput_tokens_per_s=1040.0,
-              mean_batch_size=17.0, num_preemptions=6)  # fmt: skip
+              mean_batch_size=17.0, num_preemptions=6, profile=tmp_path / "p.parquet")  # fmt: skip
     write_run(tmp_path / "gpu/1", "model", workload="sharegpt_like", **gpu)  # no sim beside
     write_run(tmp_path / "sim/2", "sim", kernel="roofline", **gpu)  # not calibrated
     return tmp_path
@@ -64,6 +69,7 @@ def test_pairs_and_errors(results):
     assert not within["mean_batch_size"] and within["num_preemptions"] is None
     text = markdown(table(results))
     assert "**-20.0%**" in text and "(+4.0%)" in text and "within target: 1 of 6" in text
+    assert "p.parquet: NVIDIA H100 80GB HBM3" in text and "within 3.1% on average" in text
 
 
 def test_latency_skips_single_token_outputs(tmp_path):
