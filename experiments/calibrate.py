@@ -34,12 +34,12 @@ from workloads.errors import KvbenchError
 
 GRID = {  # flag: (default, help)
     "decode_batches": ("1,2,4,8,16,32,64,128,256", "decode batch sizes"),
-    "decode_contexts": ("128,512,1024,2048,4096,8192,16000", "tokens each decode sequence holds"),
-    "prefill_tokens": ("128,512,2048,8192", "new tokens of a prefill step"),
+    "decode_contexts": ("128,512,1024,2048,4096,8192,10000", "tokens a decode sequence holds"),
+    "prefill_tokens": ("32,128,512,2048,8192", "new tokens of a prefill step"),
     "prefill_cached": ("0,2048,8192", "cached tokens before each prefill sequence's new ones"),
     "prefill_seqs": ("1,4", "sequences the prefill tokens are split over"),
-    "mixed_batches": ("16,128", "decode batches beside a prefill"),
-    "mixed_tokens": ("512,2048", "prefill tokens beside those decode batches"),
+    "mixed_batches": ("8,32,128", "decode batches beside a prefill"),
+    "mixed_tokens": ("32,256,2048", "prefill tokens beside those decode batches"),
     "mixed_context": ("1024", "tokens each decode sequence beside a prefill holds"),
     "fork_batches": ("8,64", "forked decode sequences (parents; each copies on growth)"),
     "swap_tokens": ("1024,16384", "tokens swapped out and in beside a decode batch of 8"),
@@ -85,6 +85,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per shape")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     ap.add_argument("--quick", action="store_true", help="a tiny grid (a smoke test)")
+    ap.add_argument("--equal-contexts", action="store_true",
+                    help="decode sequences of one shape all equally long (default: ragged, "
+                         "spread over half to 1.5x the context)")  # fmt: skip
     for name, (default, text) in GRID.items():
         ap.add_argument(f"--{name.replace('_', '-')}", type=_ints, default=None,
                         help=f"{text} (default {default})")  # fmt: skip
@@ -126,7 +129,7 @@ def calibrate(args: argparse.Namespace) -> tuple[StepProfile, Path, list[str]]:
     steps = args.warmup + args.repeats
     grid, skipped = [], []
     for p in points(args.grid):  # NOTE: decode graphs hold sequences up to max_seq_len
-        if p.longest(steps) > cfg.max_seq_len:
+        if p.longest(steps, not args.equal_contexts) > cfg.max_seq_len:
             skipped.append(f"{p.label()} (longer than max_seq_len)")
         else:
             grid.append(p)
@@ -137,7 +140,8 @@ def calibrate(args: argparse.Namespace) -> tuple[StepProfile, Path, list[str]]:
             skipped.append(f"{p.label()} (beyond the KV budget)")
 
     with tqdm(total=len(grid), unit="shape", disable=not cfg.progress) as bar:
-        rows, ids = run_grid(Driver(alloc, backend), grid, args.warmup, args.repeats, progress)
+        driver = Driver(alloc, backend, ragged=not args.equal_contexts)
+        rows, ids = run_grid(driver, grid, args.warmup, args.repeats, progress)
     if not rows:
         raise KvbenchError(f"no shape of the grid fits {num_slots:,} KV slots; raise kv_budget_gib")
     table = np.array(rows, dtype=np.float64)
@@ -167,7 +171,12 @@ def _meta(cfg: DictConfig, backend: Any, alloc: Any, args: argparse.Namespace) -
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["kvbench-calibrate", *sys.argv[1:]]),
         "kv_budget_gib": cfg.kv_budget_gib,
-        "grid": {**args.grid, "repeats": args.repeats, "warmup": args.warmup},
+        "grid": {
+            **args.grid,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "ragged": not args.equal_contexts,
+        },
         "config": OmegaConf.to_container(cfg.backend),
     }
 
@@ -200,8 +209,9 @@ def describe(profile: StepProfile, fit: dict[str, Any], skipped: list[str]) -> s
         f"profile  {m['model']} {m['dtype']} on {m['card']} ({m['backend']}, {m['layout']} "
         f"block {m['block_size']}): {len(profile)} steps of "
         f"{len(np.unique(profile.table['point']))} shapes",
-        f"  held-out relative error ({fit['folds']}-fold over shapes): {err}; "
-        f"the sim uses {fit['model']}",
+        f"  held-out relative error ({fit['folds']}-fold over shapes): {err}",
+        f"  the sim uses, by step kind: {fit['model']} (held-out mean "
+        f"{100 * fit['chosen']['mean']:.1f}%, p95 {100 * fit['chosen']['p95']:.1f}%)",
     ]
     if skipped:
         lines.append(f"  skipped: {'; '.join(skipped)}")

@@ -4,9 +4,13 @@ A point is one step shape; it is run `warmup + repeats` times and each timed ste
 profile row (engine/backends/profile.py). Every batch is built the way the engine builds it,
 so block tables, slots and copies are the allocator's own:
 
-    decode (batch, context)     sequences allocated at `context` tokens (`allocate`), then
-                                grown one token per step (`decode`); their KV is never
-                                written by a prefill (its values do not change the time)
+    decode (batch, context)     sequences allocated at `context` tokens on average
+                                (`allocate`), then grown one token per step (`decode`);
+                                ragged by default - lengths spread evenly over [context / 2,
+                                3 context / 2], as in a served batch, so kernels do not take
+                                their equal-length paths and some sequence crosses into a new
+                                block in most steps. Their KV is never written by a prefill
+                                (its values do not change the time)
     prefill (tokens, cached, n) n sequences of cached + tokens/n tokens (`allocate`); each step
                                 computes positions [cached, cached + tokens/n) of each
                                 (`StepBatch.add_prefill`, as an admission with a prefix hit)
@@ -44,10 +48,11 @@ class Point:
     swap: int = 0
     """Tokens of the request swapped out and in on alternate steps."""
 
-    def longest(self, steps: int) -> int:
+    def longest(self, steps: int, ragged: bool = True) -> int:
         """Tokens of the point's longest sequence after `steps` steps."""
         tokens, cached, n = self.prefill
-        return max(self.decode[1] + steps, cached + tokens // max(n, 1), self.swap + 1)
+        lengths = contexts(*self.decode, ragged and not self.fork) or [0]
+        return max(max(lengths) + steps, cached + tokens // max(n, 1), self.swap + 1)
 
     def label(self) -> str:
         parts = []
@@ -66,8 +71,8 @@ class Point:
 class Driver:
     """Runs points on one backend over one allocator; GroupMemory hands out sequence ids."""
 
-    def __init__(self, alloc: KVAllocator, backend: Backend) -> None:
-        self.alloc, self.backend = alloc, backend
+    def __init__(self, alloc: KVAllocator, backend: Backend, ragged: bool = True) -> None:
+        self.alloc, self.backend, self.ragged = alloc, backend, ragged
         self.batch = StepBatch()
         self.mem = GroupMemory(alloc, self.batch, "swap")
         self._next_req = 0
@@ -105,7 +110,8 @@ class Driver:
         tokens, cached, n = p.prefill
         prefill = [self._seq(cached + tokens // n, held) for _ in range(n)]
         group = self._swap_group(p.swap, held) if p.swap else None
-        decode = [] if p.fork else [self._seq(p.decode[1], held) for _ in range(p.decode[0])]
+        lengths = [] if p.fork else contexts(*p.decode, self.ragged)
+        decode = [self._seq(n, held) for n in lengths]
         rows = []
         for r in range(warmup + repeats):
             batch = self._start()
@@ -186,6 +192,17 @@ class Driver:
             self.mem.preempt(g)  # its sequences are listed as freed, as in the engine
         elif not self.mem.admit(g):
             raise _NoRoom
+
+
+def contexts(num_seqs: int, mean: int, ragged: bool) -> list[int]:
+    """Lengths of `num_seqs` sequences averaging `mean` tokens: all equal, or (ragged)
+    spread evenly over [mean / 2, 3 mean / 2] with the remainder on the shortest."""
+    if not ragged or num_seqs < 2:
+        return [mean] * num_seqs
+    step = mean / (num_seqs - 1)
+    out = [max(1, round(mean / 2 + i * step)) for i in range(num_seqs)]
+    out[0] += mean * num_seqs - sum(out)
+    return out
 
 
 class _NoRoom(Exception):

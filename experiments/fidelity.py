@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from engine.backends.profile import load_profile
+from engine.backends.step_fit import fit_best
 from experiments import runs as runs_mod
 from experiments.identity import PRESENTATION_KEYS, digest
 from workloads.errors import KvbenchError
@@ -127,16 +128,15 @@ def markdown(t: pd.DataFrame) -> str:
 
 
 def _profile_line(path: str) -> str:
-    """The profile the sim runs used: its card and its fit's held-out error."""
+    """The profile the sim runs used: its card, and the held-out error of the fit the sim
+    makes of it now (engine/backends/step_fit.py)."""
     try:
-        meta = load_profile(path).meta
+        p = load_profile(path)
     except KvbenchError as e:
         return f"profile {e}"
-    fit = meta.get("fit") or {}
-    err = fit.get(fit.get("model"), {})
-    if not err:
-        return f"profile {path}: {meta['card']}, measured {meta['date']}"
-    return (f"profile {path}: {meta['card']}, measured {meta['date']}; the sim's fit "
+    _, fit = fit_best(p.features, p.table["duration_s"], p.table["point"])
+    err = fit["chosen"]
+    return (f"profile {path}: {p.meta['card']}, measured {p.meta['date']}; the sim's fit "
             f"({fit['model']}) predicts held-out shapes within {100 * err['mean']:.1f}% on "
             f"average (p95 {100 * err['p95']:.1f}%)")  # fmt: skip
 

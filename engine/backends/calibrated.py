@@ -1,7 +1,8 @@
 """Step time from a measured profile (engine/backends/profile.py): the sim's calibrated cost.
 
-The profile's fit (engine/backends/step_fit.py: the linear model or the grid interpolator,
-whichever predicts held-out shapes better) prices each step from its features. The rules:
+The profile's fit (engine/backends/step_fit.py: for each kind of step, the linear model or
+the grid interpolator, whichever predicts that kind's held-out shapes better) prices each
+step from its features. The rules:
 
 - model and dtype: the profile's must be the run's (`model=`, `backend.dtype`), else an error.
 - card: the profile's card (the CUDA device name it was measured on) must contain the sim's

@@ -1,246 +1,68 @@
-"""Step-time models fitted to measured steps, and k-fold cross-validation to pick one.
+"""Which step-time model prices which step: k-fold cross-validation over measured shapes.
 
-A step is its FEATURES (engine/metrics.py) as columns of equal length; its time is
-`duration_s`. Two models, both vectorized (`predict(cols) -> seconds`):
+Steps fall into four kinds, which GPU backends run differently (decode-only steps replay
+CUDA graphs, steps with a prefill run eagerly):
 
-- `LinearFit`: non-negative least squares on roofline-shaped terms, relative error weighted:
-
-      t = c0 + c1 tokens + sum_k h_k max(0, tokens - knot_k) + c2 decode seqs
-            + c3 decode context + c4 prefill pairs + c5 cached prefix read
-            + c6 prefilled seqs + c7 copied blocks + c8 swapped blocks
-
-  tokens = prefill + decode tokens; non-negative hinge slopes make the token cost convex and
-  piecewise linear: flat while the weights' read dominates, steeper once compute does (the
-  roofline's max(memory, compute) without assuming where the knee lies).
-- `GridFit`: interpolation over what was measured. Decode-only steps: the (batch, mean
-  context per sequence) plane - linear in context within each measured batch size, then
-  linear in batch size between the two nearest. Prefill-only steps: the (cached prefix read,
-  prefill tokens) plane the same way. A mixed step costs decode + prefill - the cheapest
-  decode step (the weights pass both include, counted once); copies and swaps add a median
-  per-block cost. Beyond the ends, the end segments extend linearly.
+    decode   decode tokens only        prefill  prefill tokens only
+    mixed    both                      moves    blocks copied or swapped
 
 `cross_validate` holds out groups of steps (the repeats of one measured shape form a group,
-so a shape is never predicted from its own repeats) and reports each model's relative error;
-`fit_best` refits the lower-error model on every step.
+so a shape is never predicted from its own repeats) and gives every step its held-out
+relative error under each model (engine/backends/step_models.py). `fit_best` picks, for
+each kind, the model with the lower mean held-out error on that kind's steps (a kind the
+profile never measured takes the model better overall), refits the models on every step,
+and prices each step with its kind's model. Its summary reports both models' errors and the
+chosen combination's (the held-out errors of the chosen model in each kind).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from engine.metrics import FEATURES
-
-Columns = dict[str, np.ndarray]
-KNOTS = 2.0 ** np.arange(3, 17)  # hinge knots in tokens: 8 .. 65,536
-
-
-class StepModel(Protocol):
-    name: str
-
-    def predict(self, cols: Columns) -> np.ndarray: ...
-
-    def one(self, f: Sequence[float]) -> float:
-        """`predict` of one step given as its FEATURES tuple, in plain floats: the sim
-        prices every step it does not stretch this way."""
-        ...
-
-
-def _tokens(cols: Columns) -> np.ndarray:
-    return np.asarray(cols["num_prefill_tokens"] + cols["num_decode_tokens"], np.float64)
-
-
-def nnls(a: np.ndarray, b: np.ndarray, tol: float = 1e-12) -> np.ndarray:
-    """argmin ||a x - b|| subject to x >= 0 (Lawson and Hanson's active-set method)."""
-    n = a.shape[1]
-    x, passive = np.zeros(n), np.zeros(n, bool)
-    for _ in range(3 * n):
-        w = a.T @ (b - a @ x)
-        if passive.all() or np.where(passive, -np.inf, w).max() <= tol:
-            break
-        passive[np.argmax(np.where(passive, -np.inf, w))] = True
-        while True:
-            z = np.zeros(n)
-            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
-            if (z[passive] > tol).all():
-                x = z
-                break
-            neg = passive & (z <= tol)
-            alpha = np.min(x[neg] / (x[neg] - z[neg]))
-            x = x + alpha * (z - x)
-            passive &= x > tol
-    return x
-
-
-class LinearFit:
-    name = "linear"
-    TERMS = ("num_decode_tokens", "decode_context", "prefill_pairs", "prefill_cached",
-             "num_prefill_seqs", "num_copied_blocks", "num_swapped_blocks")  # fmt: skip
-
-    def __init__(self, cols: Columns, seconds: np.ndarray) -> None:
-        tokens = _tokens(cols)
-        self.knots = KNOTS[(tokens.min() < KNOTS) & (tokens.max() > KNOTS)]
-        a = self._design(cols)
-        scale = np.abs(a).max(axis=0)
-        scale[scale == 0] = 1.0
-        w = 1.0 / seconds  # relative error: a 5 ms step counts as much as a 500 ms one
-        self.coef = nnls(a / scale * w[:, None], seconds * w) / scale
-        self._one: tuple | None = None
-
-    def _design(self, cols: Columns) -> np.ndarray:
-        tokens = _tokens(cols)
-        hinges = [np.maximum(tokens - k, 0.0) for k in self.knots]
-        terms = [np.asarray(cols[t], np.float64) for t in self.TERMS]
-        return np.column_stack([np.ones_like(tokens), tokens, *hinges, *terms])
-
-    def predict(self, cols: Columns) -> np.ndarray:
-        return self._design(cols) @ self.coef
-
-    def one(self, f: Sequence[float]) -> float:
-        if self._one is None:
-            coef = [float(c) for c in self.coef]
-            hinges = list(zip(map(float, self.knots), coef[2 : 2 + len(self.knots)]))
-            rest = list(zip(coef[2 + len(self.knots) :], [FEATURES.index(t) for t in self.TERMS]))
-            self._one = (coef[0], coef[1], hinges, rest)
-        c0, c1, hinges, rest = self._one
-        tokens = f[0] + f[1]
-        t = c0 + c1 * tokens + sum(h * (tokens - k) for k, h in hinges if tokens > k)
-        return t + sum(c * f[i] for c, i in rest)
-
-    def terms(self) -> dict[str, float]:
-        """The coefficients by name (seconds per unit)."""
-        names = ["constant", "tokens", *(f"tokens_over_{int(k)}" for k in self.knots)]
-        return dict(zip([*names, *self.TERMS], map(float, self.coef)))
-
-
-class _Plane:
-    """t(outer, inner): linear in `inner` within each measured `outer` level, then linear in
-    `outer` between the two nearest levels; flat below the first, linear beyond the last."""
-
-    def __init__(self, outer: np.ndarray, inner: np.ndarray, seconds: np.ndarray) -> None:
-        self.levels = np.unique(outer)
-        self.curves = []
-        for level in self.levels:
-            at = outer == level
-            self.curves.append(_merge(inner[at], seconds[at]))
-        curves = [(list(map(float, x)), list(map(float, y))) for x, y in self.curves]
-        self._lists = ([float(v) for v in self.levels], curves)
-
-    def one(self, outer: float, inner: float) -> float:
-        """__call__ for one point, in plain floats."""
-        levels, curves = self._lists
-        if len(levels) == 1:
-            return _line_one(*curves[0], inner)
-        outer = max(outer, levels[0])
-        j = min(max(bisect_left(levels, outer) - 1, 0), len(levels) - 2)
-        y0, y1 = _line_one(*curves[j], inner), _line_one(*curves[j + 1], inner)
-        return y0 + (y1 - y0) * (outer - levels[j]) / (levels[j + 1] - levels[j])
-
-    def __call__(self, outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-        if len(self.levels) == 1:
-            return _line(*self.curves[0], inner)
-        outer = np.maximum(outer, self.levels[0])
-        i = np.clip(np.searchsorted(self.levels, outer) - 1, 0, len(self.levels) - 2)
-        out = np.empty(len(outer))
-        for j in np.unique(i):
-            at = i == j
-            lo, hi = self.levels[j], self.levels[j + 1]
-            y0, y1 = _line(*self.curves[j], inner[at]), _line(*self.curves[j + 1], inner[at])
-            out[at] = y0 + (y1 - y0) * (outer[at] - lo) / (hi - lo)
-        return out
-
-
-def _merge(x: np.ndarray, y: np.ndarray, tol: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Points whose x lie within `tol` (relative) of a cluster's first become one, averaged:
-    the repeats of a measured shape (contexts a token apart) must not set a slope."""
-    order = np.argsort(x, kind="stable")
-    x, y = x[order], y[order]
-    cluster = np.zeros(len(x), np.int64)
-    start = x[0] if len(x) else 0.0
-    for i in range(1, len(x)):
-        new = x[i] > start * (1 + tol) + 0.5
-        cluster[i] = cluster[i - 1] + new
-        start = x[i] if new else start
-    count = np.bincount(cluster)
-    return np.bincount(cluster, x) / count, np.bincount(cluster, y) / count
-
-
-def _line_one(xs: list[float], ys: list[float], x: float) -> float:
-    if len(xs) == 1:
-        return ys[0]
-    x = max(x, xs[0])
-    i = min(max(bisect_left(xs, x) - 1, 0), len(xs) - 2)
-    return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
-
-
-def _line(xs: np.ndarray, ys: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Piecewise-linear through (xs, ys): flat below xs[0], extended linearly beyond the end."""
-    if len(xs) == 1:
-        return np.full(len(x), ys[0])
-    x = np.maximum(x, xs[0])
-    i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
-    return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
-
-
-class GridFit:
-    name = "grid"
-
-    def __init__(self, cols: Columns, seconds: np.ndarray) -> None:
-        c = {k: np.asarray(v, np.float64) for k, v in cols.items()}
-        nd, npf = c["num_decode_tokens"], c["num_prefill_tokens"]
-        quiet = (c["num_copied_blocks"] == 0) & (c["num_swapped_blocks"] == 0)
-        dec, pre = quiet & (npf == 0) & (nd > 0), quiet & (nd == 0) & (npf > 0)
-        self.decode = _Plane(nd[dec], c["decode_context"][dec] / nd[dec], seconds[dec]) if (
-            dec.any()) else None  # fmt: skip
-        self.prefill = _Plane(c["prefill_cached"][pre], npf[pre], seconds[pre]) if (
-            pre.any()) else None  # fmt: skip
-        self.fixed = float(seconds[dec].min()) if dec.any() else 0.0
-        self.per_copy = self._per_block(c, seconds, "num_copied_blocks")
-        self.per_swap = self._per_block(c, seconds, "num_swapped_blocks")
-
-    def _per_block(self, c: Columns, seconds: np.ndarray, key: str) -> float:
-        other = "num_swapped_blocks" if key == "num_copied_blocks" else "num_copied_blocks"
-        at = (c[key] > 0) & (c[other] == 0)
-        if not at.any():
-            return 0.0
-        extra = (seconds[at] - self._base({k: v[at] for k, v in c.items()})) / c[key][at]
-        extra = extra[np.isfinite(extra)]
-        return max(float(np.median(extra)), 0.0) if len(extra) else 0.0
-
-    def _base(self, c: Columns) -> np.ndarray:
-        nd, npf = np.asarray(c["num_decode_tokens"], float), np.asarray(c["num_prefill_tokens"])
-        out = np.zeros(len(nd))
-        d, p = nd > 0, npf > 0
-        if d.any():
-            out[d] = self.decode(nd[d], c["decode_context"][d] / nd[d]) if self.decode else np.nan
-        if p.any():
-            pf = self.prefill(c["prefill_cached"][p], npf[p]) if self.prefill else np.nan
-            out[p] += pf - np.where(d[p], self.fixed, 0.0)
-        return out
-
-    def predict(self, cols: Columns) -> np.ndarray:
-        c = {k: np.asarray(v, np.float64) for k, v in cols.items()}
-        moved = self.per_copy * c["num_copied_blocks"] + self.per_swap * c["num_swapped_blocks"]
-        return self._base(c) + moved
-
-    def one(self, f: Sequence[float]) -> float:
-        npf, nd, ctx, _, cached, _, copied, swapped = f
-        t = self.per_copy * copied + self.per_swap * swapped
-        if nd:
-            t += self.decode.one(nd, ctx / nd) if self.decode else float("nan")
-        if npf:
-            t += self.prefill.one(cached, npf) if self.prefill else float("nan")
-            t -= self.fixed if nd else 0.0
-        return t
-
+from engine.backends.step_models import Columns, GridFit, LinearFit, StepModel
 
 MODELS: dict[str, Callable[[Columns, np.ndarray], StepModel]] = {
     "linear": LinearFit,
     "grid": GridFit,
 }
+KINDS = ("decode", "prefill", "mixed", "moves")
+
+
+def kinds(cols: Columns) -> np.ndarray:
+    """Each step's kind, as an index into KINDS."""
+    pf = np.asarray(cols["num_prefill_tokens"]) > 0
+    d = np.asarray(cols["num_decode_tokens"]) > 0
+    moved = (np.asarray(cols["num_copied_blocks"]) + np.asarray(cols["num_swapped_blocks"])) > 0
+    return np.select([moved, pf & d, pf], [3, 2, 1], 0)
+
+
+def _kind_one(f: Sequence[float]) -> int:
+    if f[6] or f[7]:
+        return 3
+    return 2 if f[0] and f[1] else 1 if f[0] else 0
+
+
+class ByKind:
+    """One fitted model per step kind."""
+
+    def __init__(self, fitted: dict[str, StepModel], choice: dict[str, str]) -> None:
+        self.choice = choice
+        self.name = ", ".join(f"{k} {choice[k]}" for k in KINDS)
+        self._by_kind = [fitted[choice[k]] for k in KINDS]
+
+    def predict(self, cols: Columns) -> np.ndarray:
+        kind = kinds(cols)
+        out = np.empty(len(kind))
+        for j in np.unique(kind):
+            at = kind == j
+            out[at] = self._by_kind[j].predict({n: np.asarray(v)[at] for n, v in cols.items()})
+        return out
+
+    def one(self, f: Sequence[float]) -> float:
+        return self._by_kind[_kind_one(f)].one(f)
 
 
 def relative_errors(model: StepModel, cols: Columns, seconds: np.ndarray) -> np.ndarray:
@@ -266,15 +88,30 @@ def cross_validate(
     return errors
 
 
+def _stats(err: np.ndarray) -> dict[str, float]:
+    return {"mean": float(np.mean(err)), "p95": float(np.quantile(err, 0.95))}
+
+
 def fit_best(
     cols: Columns, seconds: np.ndarray, groups: np.ndarray, k: int = 5
-) -> tuple[StepModel, dict[str, Any]]:
-    """The model with the lower mean held-out error, refitted on every step, and a summary:
-    {"model": name, "<name>": {"mean": .., "p95": ..}, "folds": k, "steps": n}."""
+) -> tuple[ByKind, dict[str, Any]]:
+    """The per-kind choice of models, refitted on every step, and a summary:
+    {"model": "decode linear, prefill grid, ...", "kinds": {kind: model}, "<model>" and
+    "chosen": {"mean": .., "p95": ..} held-out relative errors, "folds": k, "steps": n}."""
     errors = cross_validate(cols, seconds, groups, k)
     summary: dict[str, Any] = {"folds": k, "steps": len(seconds)}
     for name, err in errors.items():
-        summary[name] = {"mean": float(np.mean(err)), "p95": float(np.quantile(err, 0.95))}
-    best = min(errors, key=lambda n: (summary[n]["mean"], n))
-    summary["model"] = best
-    return MODELS[best](cols, seconds), summary
+        summary[name] = _stats(err)
+    overall = min(errors, key=lambda n: (summary[n]["mean"], n))
+    kind = kinds(cols)
+    choice, chosen = {}, np.empty(len(seconds))
+    for j, name in enumerate(KINDS):
+        at = kind == j
+        best = (
+            min(errors, key=lambda n: (float(np.mean(errors[n][at])), n)) if at.any() else overall
+        )
+        choice[name] = best
+        chosen[at] = errors[best][at]
+    model = ByKind({n: make(cols, seconds) for n, make in MODELS.items()}, choice)
+    summary.update(model=model.name, kinds=choice, chosen=_stats(chosen))
+    return model, summary

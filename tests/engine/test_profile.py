@@ -8,10 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine.backends import step_fit
 from engine.backends.calibrated import ProfiledCost
 from engine.backends.profile import load_profile
 from engine.backends.sim import SimBackend
-from engine.backends.step_fit import GridFit, LinearFit, fit_best, nnls, relative_errors
+from engine.backends.step_fit import fit_best, relative_errors
+from engine.backends.step_models import GridFit, LinearFit, nnls
 from engine.metrics import FEATURES
 from engine.scheduler import Engine
 from tests.engine.profile_cases import (
@@ -100,7 +102,7 @@ def test_fits_predict_held_out_shapes_of_a_known_function():
     t = synthetic_table()
     cols = {k: t[k] for k in FEATURES}
     model, summary = fit_best(cols, t["duration_s"], t["point"])
-    best = summary[summary["model"]]
+    best = summary["chosen"]
     assert best["mean"] < 0.04 and best["p95"] < 0.12, summary
     # new shapes inside the measured range, noise-free truth: within 5% on average
     new = [shape((b, ctx)) for b in (2, 24, 96, 200) for ctx in (300, 1500, 3000)]
@@ -116,7 +118,7 @@ def test_a_wrong_fit_fails_the_same_check():
     t = synthetic_table()
     t["duration_s"] = np.random.default_rng(1).permutation(t["duration_s"])
     _, summary = fit_best({k: t[k] for k in FEATURES}, t["duration_s"], t["point"])
-    assert summary[summary["model"]]["mean"] > 0.3, summary
+    assert summary["chosen"]["mean"] > 0.3, summary
 
 
 def test_grid_interpolates_the_decode_plane():
@@ -185,3 +187,23 @@ def test_one_step_equals_the_vectorized_prediction(fit):
              for b, c, p, k, n, w in rng.integers(0, 3000, (40, 6)) if b + p]  # fmt: skip
     cols = {n: np.array([f[j] for f in steps], float) for j, n in enumerate(FEATURES)}
     np.testing.assert_allclose([model.one(f) for f in steps], model.predict(cols), rtol=1e-9)
+
+
+def test_each_kind_of_step_gets_its_better_model(monkeypatch):
+    t = synthetic_table()
+    cols = {k: t[k] for k in FEATURES}
+    kind = step_fit.kinds(cols)
+    assert set(kind) == {0, 1, 2, 3}
+    # held-out errors set by hand: grid better on mixed steps only
+    errors = {"linear": np.where(kind == 2, 0.3, 0.02), "grid": np.where(kind == 2, 0.1, 0.2)}
+    monkeypatch.setattr(step_fit, "cross_validate", lambda *a, **k: errors)
+    model, summary = step_fit.fit_best(cols, t["duration_s"], t["point"])
+    assert summary["kinds"] == {"decode": "linear", "prefill": "linear", "mixed": "grid",
+                                "moves": "linear"}  # fmt: skip
+    assert summary["chosen"]["mean"] == pytest.approx(np.where(kind == 2, 0.1, 0.02).mean())
+    grid = GridFit(cols, t["duration_s"])
+    linear = LinearFit(cols, t["duration_s"])
+    expected = np.where(kind == 2, grid.predict(cols), linear.predict(cols))
+    np.testing.assert_allclose(model.predict(cols), expected, rtol=1e-12)
+    steps = [tuple(cols[n][i] for n in FEATURES) for i in range(len(kind))]
+    np.testing.assert_allclose([model.one(f) for f in steps], expected, rtol=1e-9)

@@ -15,7 +15,7 @@ from engine.backends.attention import AttentionBackend
 from engine.backends.profile import load_profile
 from engine.models import ModelSpec
 from experiments.calibrate import QUICK, _ints, points
-from experiments.calibrate_grid import Driver, Point, run_grid
+from experiments.calibrate_grid import Driver, Point, contexts, run_grid
 from tests.experiments.test_cli import ROOT, assert_one_line_error, kvbench
 
 TINY = ModelSpec("tiny", num_layers=1, num_heads=4, num_kv_heads=2, head_dim=16,
@@ -90,7 +90,7 @@ def test_the_command_writes_a_profile(tmp_path):
     assert p.meta["card"] == "cpu" and p.meta["model"] == "llama3_8b"
     assert p.meta["dtype"] == "bfloat16" and p.meta["backend"] == "attention"
     assert p.meta["versions"]["torch"] and "--decode-batches 1,2" in p.meta["command"]
-    assert p.meta["fit"]["model"] in ("linear", "grid")
+    assert set(p.meta["fit"]["kinds"].values()) <= {"linear", "grid"}
     assert "skipped: decode 1x40 (longer than max_seq_len); decode 2x40" in r.stdout
     assert len(np.unique(p.table["point"])) == 2 + 2 + 1 + 1 + 1 and len(p) == 14
     # a profile of the CPU cannot price an H100's steps: the card rule
@@ -132,3 +132,11 @@ def test_the_model_backend_runs_every_kind_of_shape():
     # the last shape: a swap-in step, 8 decode rows and the swapped sequence's newest token
     assert tuple(backend.last_logits.shape) == (9, cfg.vocab_size)
     assert alloc.usage().token_states == 0
+
+
+def test_ragged_contexts_keep_their_mean():
+    assert contexts(1, 100, True) == [100] and contexts(3, 100, False) == [100] * 3
+    for n, mean in ((2, 128), (7, 1000), (256, 128)):
+        c = contexts(n, mean, True)
+        assert sum(c) == n * mean and min(c) >= mean // 2 - 1 and max(c) <= 3 * mean // 2 + 1
+        assert len(set(c)) > n // 2  # spread: a served batch, not one length
