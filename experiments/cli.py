@@ -13,6 +13,7 @@ HYDRA_FULL_ERROR=1 to see them for everything.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from experiments import job, sweeps
 from experiments.help import help_text
 from workloads.errors import KvbenchError
 
+CTRL_C: list[int] = []  # the SIGINTs received: Hydra may turn one into another exception
 USER_ERRORS = (KvbenchError, OSError, MemoryError, HydraException, OmegaConfBaseException)
 
 
@@ -41,6 +43,8 @@ def _task(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         _exit(sweeps.interrupted(), 130)
     except USER_ERRORS as e:  # NOTE: Hydra would catch these and print a traceback
+        if CTRL_C:
+            _exit(sweeps.interrupted(), 130)
         sweeps.remove_if_empty()
         _exit(f"error: {one_line(e)}", 2)
     print(job.format_summary(summary))
@@ -62,13 +66,21 @@ def guarded(task: Callable[[], Any]) -> None:
         task()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a traceback
+    signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         task()
     except KeyboardInterrupt:
         _exit(sweeps.interrupted(), 130)
     except USER_ERRORS as e:
+        if CTRL_C:  # Ctrl-C while Hydra composed the next job: it wraps the interrupt
+            _exit(sweeps.interrupted(), 130)
         sweeps.remove_if_empty()
         _exit(f"error: {one_line(e)}", 2)
+
+
+def _on_ctrl_c(signum: int, frame: object) -> None:
+    CTRL_C.append(signum)
+    raise KeyboardInterrupt
 
 
 def one_line(e: BaseException) -> str:

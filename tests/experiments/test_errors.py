@@ -113,3 +113,32 @@ def test_gpu_benchmarks_without_cuda(module):
         timeout=120,
     )
     assert_one_line_error(r, "needs a CUDA GPU")
+
+
+def test_an_interrupt_that_hydra_wraps_still_exits_130(monkeypatch, capsys):
+    """Ctrl-C while Hydra composes the next job's config reaches us as one of its own
+    exceptions (seen: ConfigCompositionException "'NoneType' object has no attribute
+    '_invalidate_flags_cache'"); it is still an interrupt, not a user error."""
+    import os
+
+    from hydra.errors import ConfigCompositionException
+
+    from experiments import cli
+
+    def composing_when_interrupted():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ConfigCompositionException("'NoneType' object has no attribute 'x'") from None
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored afterwards: guarded sets it
+    monkeypatch.setattr(cli, "CTRL_C", [])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.guarded(composing_when_interrupted)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.startswith("interrupted: ")
