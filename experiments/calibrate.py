@@ -8,7 +8,8 @@ as `kvbench` builds them); the flags set the grid (experiments/calibrate_grid.py
 .parquet, and the fit's held-out error is printed. Points the KV budget cannot hold, or whose
 sequences grow beyond max_seq_len (what the backend's decode graphs hold), are skipped and
 listed. Runs on the CPU too: backend.device=cpu (the attention backend through
-Triton's interpreter, for tests).
+Triton's interpreter, for tests). With --add-steps it appends the measured steps of served GPU
+runs to a profile instead (experiments/calibrate_runs.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from engine.backends.profile import StepProfile, save_profile
+from engine.backends.profile import StepProfile, load_profile, save_profile
 from engine.backends.step_fit import fit_best
 from engine.metrics import FEATURES
 from engine.models import model_spec
 from experiments import identity, job, results, systems
 from experiments.calibrate_grid import Driver, Point, run_grid
+from experiments.calibrate_runs import add_steps
 from workloads.errors import KvbenchError
 
 GRID = {  # flag: (default, help)
@@ -85,6 +87,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per shape")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     ap.add_argument("--quick", action="store_true", help="a tiny grid (a smoke test)")
+    ap.add_argument("--add-steps", type=Path, nargs="+", metavar="RUN_DIR",
+                    help="instead of timing: append the steps of these GPU runs to --profile "
+                         "(experiments/calibrate_runs.py); CPU only")  # fmt: skip
+    ap.add_argument("--profile", type=Path, help="the profile --add-steps starts from")
     ap.add_argument("--equal-contexts", action="store_true",
                     help="decode sequences of one shape all equally long (default: ragged, "
                          "spread over half to 1.5x the context)")  # fmt: skip
@@ -99,6 +105,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.grid = {k: _ints(base[k]) if v is None else v for k, v in given.items()}
     if len(args.grid["mixed_context"]) != 1 or len(args.grid["moves_context"]) != 1:
         ap.error("--mixed-context and --moves-context take one value each")
+    if args.add_steps and (args.profile is None or args.out is None or args.overrides):
+        ap.error("--add-steps takes --profile and --out, and no config overrides")
     return args
 
 
@@ -191,17 +199,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
 
     def task() -> None:
-        profile, out, skipped = calibrate(args)
+        if args.add_steps:
+            profile, notes = add_steps(load_profile(args.profile), args.add_steps)
+            out = args.out
+        else:
+            profile, out, skipped = calibrate(args)
+            notes = [f"  skipped: {'; '.join(skipped)}"] if skipped else []
         _, summary = fit_best(profile.features, profile.table["duration_s"], profile.table["point"])
         profile.meta["fit"] = summary
         save_profile(profile, out)
-        print(describe(profile, summary, skipped))
-        print(f"wrote {out}")
+        print("\n".join([describe(profile, summary), *notes, f"wrote {out}"]))
 
     guarded(task)
 
 
-def describe(profile: StepProfile, fit: dict[str, Any], skipped: list[str]) -> str:
+def describe(profile: StepProfile, fit: dict[str, Any]) -> str:
     m = profile.meta
     err = " | ".join(f"{n}: mean {100 * fit[n]['mean']:.1f}%, p95 {100 * fit[n]['p95']:.1f}%"
                      for n in ("linear", "grid"))  # fmt: skip
@@ -213,8 +225,6 @@ def describe(profile: StepProfile, fit: dict[str, Any], skipped: list[str]) -> s
         f"  the sim uses, by step kind: {fit['model']} (held-out mean "
         f"{100 * fit['chosen']['mean']:.1f}%, p95 {100 * fit['chosen']['p95']:.1f}%)",
     ]
-    if skipped:
-        lines.append(f"  skipped: {'; '.join(skipped)}")
     return "\n".join(lines)
 
 

@@ -2,10 +2,13 @@
 
     table  one row per measured step: FEATURES (engine/metrics.py), duration_s (seconds,
            > 0), point (the measured shape it repeats: rows of one point are held out
-           together when fits are cross-validated); host_s and kernel_s when measured
+           together when fits are cross-validated); host_s and kernel_s when measured;
+           run (0: a shape of the grid; k > 0: a step of the k-th served run added by
+           `kvbench-calibrate --add-steps`, its point shared by the whole run)
     meta   card (CUDA device name), model, dtype, layout (paged | contiguous), block_size,
            backend, versions {torch, triton, transformers}, kvbench, git_sha, date, command,
-           grid (what kvbench-calibrate was asked to measure)
+           grid (what kvbench-calibrate was asked to measure), added_runs (what
+           --add-steps appended: run directory, workload, steps kept and dropped)
 
 A profile is one Parquet file; `meta` is JSON under the schema metadata key
 `kvbench.profile`, so the file alone says what it measured. Written by kvbench-calibrate
@@ -44,7 +47,12 @@ class StepProfile:
 
     @property
     def features(self) -> dict[str, np.ndarray]:
-        return {name: self.table[name] for name in FEATURES}
+        """FEATURES and `run` (zeros for a profile of grid shapes alone): what fits read."""
+        run = self.table.get("run")
+        return {
+            **{name: self.table[name] for name in FEATURES},
+            "run": np.zeros(len(self)) if run is None else run,
+        }
 
     def __len__(self) -> int:
         return len(self.table["duration_s"])
@@ -53,7 +61,7 @@ class StepProfile:
 def save_profile(profile: StepProfile, path: Path) -> None:
     """Write the profile atomically (a temporary file beside `path`, then a rename)."""
     check(profile, path)
-    names = [c for c in profile.table if c in COLUMNS or c in ("host_s", "kernel_s")]
+    names = [c for c in profile.table if c in COLUMNS or c in ("host_s", "kernel_s", "run")]
     schema_meta = {META_KEY: json.dumps(profile.meta, sort_keys=True).encode()}
     table = pa.table({c: profile.table[c] for c in names}).replace_schema_metadata(schema_meta)
     path.parent.mkdir(parents=True, exist_ok=True)

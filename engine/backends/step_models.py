@@ -16,14 +16,15 @@ A step is its FEATURES (engine/metrics.py) as columns of equal length.
   with a prefill eagerly, kernel by kernel (measured on an H200 for llama3_8b: 8 ms for a
   one-sequence decode step, 27 ms for a 128-token prefill), and a mixed step launches both
   attention paths in every layer.
-- `GridFit`: interpolation over what was measured. Decode-only steps: the (batch, mean
-  context per sequence) plane - linear in context within each measured batch size, then
-  linear in batch size between the two nearest. Prefill-only steps: the (cached prefix read,
-  prefill tokens) plane the same way. A mixed step costs decode + prefill - the cheapest
-  decode step (the weights pass both include, counted once) + the median excess of the
-  measured mixed steps over that; copies and swaps add a median per-block cost. Below the
-  smallest measured value a curve stays flat (fixed costs rule there); above the largest its
-  last segment extends linearly.
+- `GridFit`: interpolation over the grid's shapes (steps of served runs a profile may hold
+  are left to the linear fit: they are scattered, not a grid). Decode-only steps: the
+  (batch, mean context per sequence) plane - linear in context within each measured batch
+  size, then linear in batch size between the two nearest. Prefill-only steps: the (cached
+  prefix read, prefill tokens) plane the same way. A mixed step costs decode + prefill - the
+  cheapest decode step (the weights pass both include, counted once) + the median excess of
+  the measured mixed steps over that; copies and swaps add a median per-block cost. Below
+  the smallest measured value a curve stays flat (fixed costs rule there); above the
+  largest its last segment extends linearly.
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ class GridFit:
 
     def __init__(self, cols: Columns, seconds: np.ndarray) -> None:
         c = {k: np.asarray(v, np.float64) for k, v in cols.items()}
+        if "run" in c:  # NOTE: a served run's steps are scattered shapes, not a grid
+            grid = c["run"] == 0
+            c, seconds = {k: v[grid] for k, v in c.items()}, np.asarray(seconds)[grid]
         nd, npf = c["num_decode_tokens"], c["num_prefill_tokens"]
         quiet = (c["num_copied_blocks"] == 0) & (c["num_swapped_blocks"] == 0)
         dec, pre = quiet & (npf == 0) & (nd > 0), quiet & (nd == 0) & (npf > 0)
