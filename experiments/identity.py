@@ -1,7 +1,8 @@
 """A job's identity: what it computes from, so a rerun can tell "done" from "different".
 
     identity = {"config":  the resolved config, presentation keys removed, values normalized,
-                "inputs":  {workload key: sha256 of the file it names},
+                "inputs":  {workload key: sha256 of the file it names, and
+                            backend.profile: sha256 of the sim's step-time profile},
                 "kvbench": the package version}
     job_hash = sha256 of that record as canonical JSON (sorted keys)
 
@@ -95,11 +96,11 @@ def identify(cfg: DictConfig) -> dict[str, Any]:
     """The identity record of a job and its hash under "job_hash"."""
     config = resolved(cfg)
     workload = config.get("workload")
-    record = {
-        "config": config,
-        "inputs": inputs(workload) if isinstance(workload, dict) else {},
-        "kvbench": kvbench_version(),
-    }
+    files = inputs(workload) if isinstance(workload, dict) else {}
+    profile = (config.get("backend") or {}).get("profile")
+    if isinstance(profile, str):  # the sim's step-time profile: a new one is a new job
+        files["backend.profile"] = sha256_of(Path(profile)) if Path(profile).is_file() else None
+    record = {"config": config, "inputs": files, "kvbench": kvbench_version()}
     return {**record, "job_hash": digest(record)}
 
 

@@ -65,3 +65,15 @@ def test_mild_extrapolation_warns_once_per_quantity(tmp_path):
     assert len(names) == len(set(names)), warnings
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["max_batch_size"] == 6
+
+
+def test_a_new_profile_at_the_same_path_is_a_new_job(tmp_path):
+    path, run = tmp_path / "p.parquet", f"hydra.run.dir={tmp_path / 'r'}"
+    write_synthetic(path)
+    kvbench(*SMALL, f"backend.profile={path}", run)
+    assert "skipped" in kvbench(*SMALL, f"backend.profile={path}", run).stdout
+    t = synthetic_table()
+    t["duration_s"] = t["duration_s"] * 2  # a slower card
+    write_synthetic(path, t)
+    r = kvbench(*SMALL, f"backend.profile={path}", run)
+    assert "rerunning" in r.stdout and "backend.profile" in r.stdout
