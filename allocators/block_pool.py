@@ -96,7 +96,7 @@ class CachingBlockPool:
         self.dead = [0] * (num_blocks + 1)
         self.num_dead = 0
         self.num_free = num_blocks
-        self.num_released = 0  # calls of `release`: the only way the queue grows
+        self.num_returned = 0  # blocks released so far: the only way the queue grows
 
     def __len__(self) -> int:
         return self.num_free
@@ -130,7 +130,11 @@ class CachingBlockPool:
         if self.front:
             b = self.front.pop()
         else:
-            b = self._pop_back()
+            b = self.back[self.head]
+            if self.dead[b]:
+                b = self._pop_back()
+            else:
+                self.head += 1
             if self.entry[b] is not None:
                 self.on_reuse([b])
         self.ref[b] = 1
@@ -174,13 +178,16 @@ class CachingBlockPool:
     def release(self, blocks: list[int]) -> None:
         """Blocks whose refcount reached 0 go back, in order; those without a cache entry
         to the front (the last of them first)."""
-        self.num_released += 1
+        self.num_returned += len(blocks)
         self.num_free += len(blocks)
         entry = self.entry
         unhashed = [b for b in blocks if entry[b] is None]
         if unhashed:
             self.front += unhashed
-            blocks = [b for b in blocks if entry[b] is not None]
+            if unhashed == blocks[:1]:  # a sequence's partial last block, freed first
+                blocks = blocks[1:]
+            else:
+                blocks = [b for b in blocks if entry[b] is not None]
         self.back += blocks
         if self.head > 1024 and 2 * self.head > len(self.back):
             del self.back[: self.head]

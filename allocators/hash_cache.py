@@ -55,11 +55,13 @@ class Holder(Protocol):
 
 @dataclass(slots=True, eq=False)  # NOTE: hashed by identity (the keys of watch[b])
 class Chain:
+    tokens: object = None  # the TokenSource it was computed from (a pending one is reused
+    # only for the same object: sequence ids are not trusted to name the same tokens)
     hashes: list[int] = field(default_factory=list)
     metas: list[Meta] = field(default_factory=list)
     num_registered: int = 0  # leading blocks whose table entries carry their hash
     hits: list[int] = field(default_factory=list)  # the last lookup's result (while pending)
-    refused: tuple[int, int, int, int] | None = None  # (tokens, releases, hits, max) then
+    refused: tuple[int, int, int] | None = None  # (tokens, max hits, pool.num_returned bound)
 
 
 class HashChainCache:
@@ -77,8 +79,10 @@ class HashChainCache:
     def chain(self, seq: SeqLike, num_blocks: int) -> Chain:
         """seq's chain, computed up to num_blocks blocks."""
         ch = self.chains.get(seq.seq_id) or self.pending.get(seq.seq_id)
-        if ch is None:
-            ch = self.pending[seq.seq_id] = Chain()
+        if ch is None or ch.tokens is not seq.tokens:
+            if ch is not None:
+                self._cut(self.pending.pop(seq.seq_id), 0)
+            ch = self.pending[seq.seq_id] = Chain(seq.tokens)
             if len(self.pending) > MAX_PENDING:
                 self._cut(self.pending.popitem(last=False)[1], 0)
         if len(ch.hashes) < num_blocks:
@@ -101,31 +105,34 @@ class HashChainCache:
         when the pool cannot hold them. The last prompt token is always computed (its
         logits), so hits cover at most prompt_len - 1 tokens.
 
-        NOTE: a refused request is retried every step. Until blocks return to the pool or
-        its hits grow, it stays refused (the blocks its hits do not hold can only go, and
-        each hit that goes needs a block more): then a retry costs one probe."""
+        NOTE: a refused request is retried every step. It lacks `short` blocks: the free
+        blocks its hits do not hold, minus what it needs. That only shrinks as blocks are
+        handed out or hits go (each needs a block more), and grows by at most the blocks
+        returned since, so it stays refused until `short` blocks came back or its hits can
+        grow: until then a retry costs one probe, not a count of its free hits."""
         pool = self.pool
         ch = self.pending.get(seq.seq_id)
-        if ch is not None and ch.refused is not None:
-            n, released, k, max_blocks = ch.refused
+        if ch is not None and ch.refused is not None and ch.tokens is seq.tokens:
+            n, max_blocks, until = ch.refused
+            k = len(ch.hits)
             if (
                 n == num_tokens
-                and released == pool.num_released
-                and k == len(ch.hits)
+                and pool.num_returned < until
                 and (k == max_blocks or ch.hashes[k] not in self.first)
             ):
                 return None
         max_hit = num_tokens - 1 if num_tokens >= seq.prompt_len else num_tokens
         max_blocks = max_hit // self.block_size
         hits = self.lookup(seq, max_blocks)
-        need = -(-num_tokens // self.block_size) - len(hits)
-        if need <= len(pool):
+        short = -(-num_tokens // self.block_size) - len(hits) - len(pool)
+        if short <= 0:
             ref = pool.ref
             revived = [b for b in hits if ref[b] == 0]
-            if need <= len(pool) - len(revived):
+            short += len(revived)
+            if short <= 0:
                 return hits, revived
         ch = self.pending[seq.seq_id]
-        ch.refused = (num_tokens, pool.num_released, len(hits), max_blocks)
+        ch.refused = (num_tokens, max_blocks, pool.num_returned + short)
         return None
 
     def lookup(self, seq: SeqLike, max_blocks: int) -> list[int]:
@@ -138,6 +145,7 @@ class HashChainCache:
         ch = self.pending.get(seq.seq_id)
         if (  # the common retry: the next block is not cached
             ch is not None
+            and ch.tokens is seq.tokens
             and len(ch.hits) < max_blocks <= len(ch.hashes)
             and ch.hashes[len(ch.hits)] not in self.first
         ):
@@ -177,7 +185,7 @@ class HashChainCache:
 
     def register(self, seq: SeqLike, table: Sequence[int], num_tokens: int) -> None:
         """The full blocks of `table` (seq's) are cached from now on."""
-        ch = self.chains.get(seq.seq_id) or self.admit(seq.seq_id)
+        ch = self.chains.get(seq.seq_id) or self.admit(seq)
         bs = self.block_size
         num_full = num_tokens // bs
         i = ch.num_registered
@@ -223,22 +231,35 @@ class HashChainCache:
                     first[h] = b
         ch.num_registered = num_full
 
-    def admit(self, seq_id: int) -> Chain:
-        """seq_id is live: its chain (computed while it waited, if it was) stays."""
-        ch = self.chains[seq_id] = self.pending.pop(seq_id, Chain())
-        self._cut(ch, 0)
+    def admit(self, seq: SeqLike) -> Chain:
+        """seq is live: its chain (computed while it waited, if it was) stays."""
+        ch = self.pending.pop(seq.seq_id, None)
+        if ch is not None:
+            self._cut(ch, 0)
+            ch.refused = None
+        if ch is None or ch.tokens is not seq.tokens:
+            ch = Chain(seq.tokens)
+        self.chains[seq.seq_id] = ch
         return ch
 
-    def fork(self, parent_id: int, child_id: int, num_tokens: int) -> None:
+    def fork(self, parent_id: int, child: SeqLike, num_tokens: int) -> None:
         """The child holds the parent's first num_tokens tokens: their full blocks' chain."""
         p = self.chains.get(parent_id)
         if p is None:
             return
         k = min(num_tokens // self.block_size, len(p.hashes))
-        self.chains[child_id] = Chain(p.hashes[:k], p.metas[:k], min(p.num_registered, k))
+        n = min(p.num_registered, k)
+        self.chains[child.seq_id] = Chain(child.tokens, p.hashes[:k], p.metas[:k], n)
 
-    def forget(self, seq_id: int) -> None:
-        self.chains.pop(seq_id, None)
+    def forget(self, seq_id: int, unfinished: bool) -> None:
+        """seq_id is freed. Its chain is kept (as pending) while it has tokens to come: a
+        preempted sequence is admitted again, to recompute its tokens."""
+        ch = self.chains.pop(seq_id, None)
+        if ch is not None and unfinished:
+            ch.num_registered = 0
+            self.pending[seq_id] = ch
+            if len(self.pending) > MAX_PENDING:
+                self._cut(self.pending.popitem(last=False)[1], 0)
 
     def uncache(self, blocks: list[int]) -> None:
         """The blocks' contents are no longer cached: evicted (they leave the free queue for

@@ -196,7 +196,7 @@ class PagedAllocator:
         self._write(st, num_tokens)
         self._reserved += self._reserve_of(st)
         if cache is not None:
-            cache.admit(seq.seq_id)
+            cache.admit(seq)
             self._register(seq, st)
         return Allocation(tuple(st.table), num_cached_tokens=num_cached)
 
@@ -234,7 +234,7 @@ class PagedAllocator:
         st = _Seq(list(p.table), p.num_tokens, child.final_len, p.room, len(p.table))
         self._seqs[child.seq_id] = st
         if self._cache is not None:
-            self._cache.fork(parent_id, child.seq_id, p.num_tokens)
+            self._cache.fork(parent_id, child, p.num_tokens)
         self._logical += st.num_tokens
         self._logical_blocks += len(st.table)
         return Allocation(tuple(st.table))
@@ -260,7 +260,7 @@ class PagedAllocator:
                 self.block_size - self._tail_fill(st) if tail_freed else 0
             )
         if self._cache is not None:
-            self._cache.forget(seq_id)
+            self._cache.forget(seq_id, st.num_tokens < st.final_len - 1)
         self._pool.release(freed)  # with prefix caching: unhashed first, hashed last (LRU)
 
     def abort(self, seq_ids: Sequence[int]) -> None:

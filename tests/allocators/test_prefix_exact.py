@@ -142,3 +142,18 @@ def test_a_refused_request_sees_a_block_filled_in_place_since():
     out = a.allocate(s2, 5)
     assert out.num_cached_tokens == 4 and a.block_table(2) == [1, 2, 6]
     a.check_invariants()
+
+
+def test_a_preempted_sequence_comes_back_and_its_id_is_not_trusted_alone():
+    """A sequence freed before its end keeps its chain for its return (recompute); another
+    sequence under the same id but with other tokens finds nothing of it."""
+    a = PrefixAllocator(num_blocks=8, block_size=2)
+    s1 = seq(1, prompt_len=6, output_len=4)
+    a.allocate(s1, 6)  # [1, 2, 3], all full
+    a.free(1)
+    other = seq(1, prompt_len=6, output_len=4, shared_prefix=6)
+    assert a.allocate(other, 6).num_cached_tokens == 0 and a.block_table(1) == [4, 5, 6]
+    a.free(1)
+    out = a.allocate(s1, 6)
+    assert out.num_cached_tokens == 4 and a.block_table(1) == [1, 2, 7]
+    a.check_invariants()
