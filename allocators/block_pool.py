@@ -80,16 +80,22 @@ class CachingBlockPool:
     """
 
     def __init__(
-        self, num_blocks: int, entry: Sequence[object], on_reuse: Callable[[list[int]], object]
+        self,
+        num_blocks: int,
+        entry: Sequence[object],
+        on_reuse: Callable[[list[int]], object],
+        on_reuse_one: Callable[[int], object],
     ) -> None:
         """entry[b]: block b's cache entry, None when it has none (it is never hit);
-        on_reuse: hears of the blocks with an entry that leave the queue for reuse."""
+        on_reuse (on_reuse_one): hears of the blocks (the block) with an entry that leave
+        the queue for reuse."""
         if num_blocks < 1:
             raise ValueError("num_blocks must be positive")
         self.num_blocks = num_blocks
         self.ref = [0] * (num_blocks + 1)
         self.entry = entry
         self.on_reuse = on_reuse
+        self.on_reuse_one = on_reuse_one
         self.front: list[int] = []
         self.back = list(range(1, num_blocks + 1))
         self.head = 0
@@ -136,7 +142,7 @@ class CachingBlockPool:
             else:
                 self.head += 1
             if self.entry[b] is not None:
-                self.on_reuse([b])
+                self.on_reuse_one(b)
         self.ref[b] = 1
         return b
 
@@ -193,11 +199,13 @@ class CachingBlockPool:
             del self.back[: self.head]
             self.head = 0
 
-    def revive(self, b: int) -> None:
-        """A free block with a cache entry is held again (the caller sets its refcount)."""
-        self.num_free -= 1
-        self.dead[b] += 1
-        self.num_dead += 1
+    def revive(self, blocks: list[int]) -> None:
+        """Free blocks with a cache entry are held again (the caller sets their refcounts)."""
+        dead = self.dead
+        for b in blocks:
+            dead[b] += 1
+        self.num_free -= len(blocks)
+        self.num_dead += len(blocks)
         if self.num_dead > 1024 and 2 * self.num_dead > len(self.back) - self.head:
             self.back = self.free[len(self.front) :]
             self.head = 0

@@ -69,7 +69,7 @@ class HashChainCache:
         self.block_size = block_size
         self.block_hash: list[int | None] = [None] * (num_blocks + 1)
         self.block_meta: list[Meta | None] = [None] * (num_blocks + 1)
-        self.pool = CachingBlockPool(num_blocks, self.block_hash, self.uncache)
+        self.pool = CachingBlockPool(num_blocks, self.block_hash, self.uncache, self.evict)
         self.first: dict[int, int] = {}
         self.later: dict[int, list[int]] = {}
         self.chains: dict[int, Chain] = {}
@@ -231,14 +231,16 @@ class HashChainCache:
                     first[h] = b
         ch.num_registered = num_full
 
-    def admit(self, seq: SeqLike) -> Chain:
-        """seq is live: its chain (computed while it waited, if it was) stays."""
+    def admit(self, seq: SeqLike, num_found: int = 0) -> Chain:
+        """seq is live: its chain (computed while it waited, if it was) stays. Its table
+        starts with the num_found blocks its lookup found (registered already)."""
         ch = self.pending.pop(seq.seq_id, None)
         if ch is not None:
             self._cut(ch, 0)
             ch.refused = None
         if ch is None or ch.tokens is not seq.tokens:
             ch = Chain(seq.tokens)
+        ch.num_registered = num_found
         self.chains[seq.seq_id] = ch
         return ch
 
@@ -276,6 +278,16 @@ class HashChainCache:
                 self._uncache_rare(b, h)
             else:
                 del first[h]
+
+    def evict(self, b: int) -> None:
+        """`uncache([b])` of a cached block (the pool hands out blocks one at a time)."""
+        h = self.block_hash[b]
+        assert h is not None
+        self.block_hash[b] = self.block_meta[b] = None
+        if b in self.watch or h in self.later:
+            self._uncache_rare(b, h)
+        else:
+            del self.first[h]
 
     def _uncache_rare(self, b: int, h: int) -> None:
         """`uncache` of a block some pending chain's hits hold, or with copies of its hash."""

@@ -180,8 +180,7 @@ class PagedAllocator:
             if found is None:
                 return None
             hits, revived = found
-            for b in revived:
-                cache.pool.revive(b)
+            cache.pool.revive(revived)
         need = cdiv(num_tokens, bs) - len(hits)
         ref = self._ref
         for b in hits:
@@ -196,7 +195,7 @@ class PagedAllocator:
         self._write(st, num_tokens)
         self._reserved += self._reserve_of(st)
         if cache is not None:
-            cache.admit(seq)
+            cache.admit(seq, len(hits))
             self._register(seq, st)
         return Allocation(tuple(st.table), num_cached_tokens=num_cached)
 

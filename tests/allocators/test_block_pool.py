@@ -37,7 +37,7 @@ class Model:
 def test_pool_hands_out_blocks_in_the_model_queue_order(ops):
     entry: list[object] = [None] * (NUM_BLOCKS + 1)
     evicted: list[int] = []
-    pool = CachingBlockPool(NUM_BLOCKS, entry, evicted.extend)
+    pool = CachingBlockPool(NUM_BLOCKS, entry, evicted.extend, evicted.append)
     model, held = Model(), []
     for op, x, hashed in ops:
         if op == 0 and len(pool):  # take
@@ -57,7 +57,7 @@ def test_pool_hands_out_blocks_in_the_model_queue_order(ops):
             if hits:
                 b = hits[x % len(hits)]
                 model.queue.remove(b)
-                pool.revive(b)
+                pool.revive([b])
                 pool.ref[b] = 1
                 held.append(b)
         assert pool.free == model.queue and len(pool) == len(model.queue)
@@ -67,12 +67,12 @@ def test_pool_hands_out_blocks_in_the_model_queue_order(ops):
 
 def test_a_take_skips_the_entries_hits_left_behind():
     entry: list[object] = [None] * (NUM_BLOCKS + 1)
-    pool = CachingBlockPool(NUM_BLOCKS, entry, lambda blocks: None)
+    pool = CachingBlockPool(NUM_BLOCKS, entry, lambda blocks: None, lambda b: None)
     assert pool.take(3) == [1, 2, 3]
     entry[1] = entry[2] = 0
     pool.ref[1] = pool.ref[2] = 0
     pool.release([1, 2])
-    pool.revive(1)  # its entry in the queue is dead now
+    pool.revive([1])  # its entry in the queue is dead now
     assert pool.take(6) == [4, 5, 6, 7, 8, 2] and len(pool) == 0
     pool.ref[1] = 1
     pool.check_invariants()
@@ -82,14 +82,13 @@ def test_dead_entries_are_compacted():
     """Hits on freed blocks that never reach the front leave dead entries behind; they are
     dropped once they outnumber the live ones, and the queue order stays."""
     entry: list[object] = [None] * (NUM_BLOCKS + 1)
-    pool = CachingBlockPool(NUM_BLOCKS, entry, lambda blocks: None)
+    pool = CachingBlockPool(NUM_BLOCKS, entry, lambda blocks: None, lambda b: None)
     a, b = pool.take(2)
     entry[a] = entry[b] = 0
     for _ in range(1500):
         pool.ref[a] = pool.ref[b] = 0
         pool.release([b, a])
-        pool.revive(b)
-        pool.revive(a)
+        pool.revive([b, a])
         pool.ref[a] = pool.ref[b] = 1
     assert pool.num_dead < 1024 + 2
     assert len(pool.back) - pool.head == NUM_BLOCKS - 2 + pool.num_dead
@@ -103,7 +102,7 @@ def test_the_entries_handed_out_are_dropped_in_bulk():
     """Hashed blocks go round the queue many times: the consumed part of `back` is cut off
     once it outgrows the rest, and the order stays the model's."""
     entry: list[object] = [0] * (NUM_BLOCKS + 1)
-    pool = CachingBlockPool(NUM_BLOCKS, entry, lambda blocks: None)
+    pool = CachingBlockPool(NUM_BLOCKS, entry, lambda blocks: None, lambda b: None)
     model = Model()
     for i in range(3000):
         n = 1 + i % NUM_BLOCKS
