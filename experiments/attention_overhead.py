@@ -109,38 +109,60 @@ def time_steps(
     return out
 
 
-def run(args: argparse.Namespace) -> pd.DataFrame:
-    card = torch.cuda.get_device_name()
+def measure(
+    args: argparse.Namespace, lens: list[int], layout: str, size: int | None, mode: str
+) -> dict[str, object] | None:
+    """One case's timed steps (None: a vattention page size the GPU cannot map)."""
     steps, warmup = args.steps, args.warmup
+    final = [n + steps + warmup for n in lens]
+    alloc = allocator_for(layout, size, final)
+    graph_splits = int(mode[6:]) if mode.startswith("graph:") else None
+    b = len(lens)
+    try:
+        r = time_steps(alloc, lens, steps, warmup, mode.startswith("graph"), graph_splits)
+    except KvbenchError as e:  # vattention pages the GPU cannot map
+        print(f"{mode:<5} B={b:<4} {layout} {size} KiB: skipped: {e}", flush=True)
+        return None
+    maps = f"  maps {r['maps_per_step']:.1f}/step" if "maps_per_step" in r else ""
+    print(
+        f"{mode:<5} B={b:<4} {layout:<10} block {alloc.block_size if size else '-'!s:<5} "
+        f"step {r['step_ms']:7.3f} ms (mean {r['step_mean_ms']:7.3f})  kernels "
+        f"{r['kernel_ms']:7.3f} ms  host {r['host_ms']:6.3f} ms{maps}",
+        flush=True,
+    )
+    return dict(
+        mode=mode, layout=layout, block_size=alloc.block_size if size else None,
+        page_kib=size if layout == "vattention" else None, batch=b,
+        mean_len=float(np.mean(lens)), max_len=max(lens), card=torch.cuda.get_device_name(),
+        **r,
+    )  # fmt: skip
+
+
+def _medians(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per case: the median over rounds of every measured column."""
+    keys = ["mode", "layout", "block_size", "page_kib", "batch", "mean_len", "max_len", "card"]
+    values = [c for c in rows.columns if c not in keys and c != "round"]
+    table = rows.groupby(keys, sort=False, dropna=False)[values].median().reset_index()
+    return table.assign(rounds=rows.groupby(keys, sort=False, dropna=False).size().to_numpy())
+
+
+def run(args: argparse.Namespace) -> pd.DataFrame:
+    """Every case of every batch, `args.rounds` times; each round starts one case later, so
+    drift of the card's clocks over the run (seconds per case) falls on every layout alike."""
     rows = []
     for b in args.batches:
         lens = azure_lengths(b)
-        final = [n + steps + warmup for n in lens]
         cases: list[tuple[str, int | None]] = [("static", None)]
         cases += [("paged", bs) for bs in args.blocks]
         cases += [("vattention", kib) for kib in args.vattention]
-        for (layout, size), mode in itertools.product(cases, args.modes):
-            alloc = allocator_for(layout, size, final)
-            graph_splits = int(mode[6:]) if mode.startswith("graph:") else None
-            try:
-                r = time_steps(alloc, lens, steps, warmup, mode.startswith("graph"), graph_splits)
-            except KvbenchError as e:  # vattention pages the GPU cannot map
-                print(f"{mode:<5} B={b:<4} {layout} {size} KiB: skipped: {e}", flush=True)
-                continue
-            page_kib = size if layout == "vattention" else None
-            rows.append(
-                dict(mode=mode, layout=layout, block_size=alloc.block_size if size else None,
-                     page_kib=page_kib, batch=b, mean_len=float(np.mean(lens)),
-                     max_len=max(lens), card=card, **r)
-            )  # fmt: skip
-            maps = f"  maps {r['maps_per_step']:.1f}/step" if "maps_per_step" in r else ""
-            print(
-                f"{mode:<5} B={b:<4} {layout:<10} block {alloc.block_size if size else '-'!s:<5} "
-                f"step {r['step_ms']:7.3f} ms (mean {r['step_mean_ms']:7.3f})  kernels "
-                f"{r['kernel_ms']:7.3f} ms  host {r['host_ms']:6.3f} ms{maps}",
-                flush=True,
-            )
-    table = pd.DataFrame(rows)
+        cases_modes = list(itertools.product(cases, args.modes))
+        for r in range(args.rounds):
+            shift = r % len(cases_modes)
+            for (layout, size), mode in cases_modes[shift:] + cases_modes[:shift]:
+                row = measure(args, lens, layout, size, mode)
+                if row is not None:
+                    rows.append(dict(row, round=r))
+    table = _medians(pd.DataFrame(rows))
     base = table[table.layout == "static"].set_index(["mode", "batch"]).kernel_ms
     key = pd.MultiIndex.from_frame(table[["mode", "batch"]])
     table["overhead_vs_contiguous"] = table.kernel_ms.to_numpy() / base.reindex(key).to_numpy() - 1
@@ -148,6 +170,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "attention_overhead.csv", index=False)
+    pd.DataFrame(rows).to_csv(out / "attention_overhead_rounds.csv", index=False)
     (out / "attention_overhead.md").write_text(markdown(table))
     from plots.attention import attention_overhead
 
@@ -204,6 +227,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/attention_overhead"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats (median)")
     ap.add_argument("--batches", type=_ints, default=BATCHES)
     ap.add_argument("--blocks", type=_ints, default=BLOCK_SIZES)
     ap.add_argument(

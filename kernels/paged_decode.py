@@ -65,7 +65,11 @@ def load_kv_tile(
     return k, v
 
 
-@triton.jit
+# NOTE: Triton compiles a variant per integer value class (== 1, divisible by 16, other) and per
+# pointer alignment. Split counts, split sizes and the table's row stride vary from step to
+# step (ragged batches make 16 or 32 splits): they are not specialized, so a serving run never
+# compiles mid-step (a compile costs 0.3-1 s). The KV and query pointers keep their alignment.
+@triton.jit(do_not_specialize=["seq_lens_ptr", "stride_bt", "num_splits", "min_tokens_per_split"])
 def _decode_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
     part_acc_ptr,  # [num_seqs, num_heads, num_splits, head_dim] fp32 (num_splits > 1)
@@ -165,7 +169,7 @@ def _decode_kernel(
         tl.store(part_ml_ptr + part * 2 + 1, l_sum, mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _merge_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
     part_acc_ptr,  # [num_seqs * num_heads, num_splits, head_dim] fp32

@@ -21,7 +21,9 @@ import triton.language as tl
 from kernels.paged_decode import LOG2E, check_pool, load_kv_tile, output_for
 
 
-@triton.jit
+# NOTE: a mixed step's prefill rows start at row num_decode of the table and lengths, so those
+# pointers' alignment varies with it: not specialized (paged_decode.py says why)
+@triton.jit(do_not_specialize=["block_table_ptr", "seq_lens_ptr", "query_start_ptr", "stride_bt"])
 def _prefill_kernel(
     out_ptr,  # [total_query_tokens, num_heads, head_dim]
     q_ptr,  # [total_query_tokens, num_heads, head_dim]

@@ -302,9 +302,11 @@ class AttentionBackend:
         lens = torch.ones(2, **as_i32)
         slots = torch.full((2,), -1, dtype=torch.int64, device=self.device)  # writes nothing
         q, k_new, v_new = self._random(2)
-        # decode unsplit and split with a prefill at an unaligned offset, then prefill alone
+        # decode unsplit and split with a prefill at an unaligned offset, then prefill alone;
+        # the decode rows' lengths are given and equal, so every tile that decode_tiles.py may
+        # choose for such batches is compiled here too
         for nd, splits in ((1, 1), (1, 2), (0, None)):
-            b = _Batch(table, lens, slots, torch.arange(3 - nd, **as_i32), nd, 1, None, 1, splits)
+            b = _Batch(table, lens, slots, torch.arange(3 - nd, **as_i32), nd, 1, nd, 1, splits)
             self.layer(0, q, k_new, v_new, b, torch.empty_like(q))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
