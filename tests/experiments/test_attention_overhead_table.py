@@ -71,3 +71,33 @@ def test_time_steps_runs_vattention_on_the_cpu():
     # in the last of 3 timed steps both grow into a new page (tokens 9 and 13; 4 per page)
     assert r["maps_per_step"] * 3 == 2 * 2 * TINY.num_layers
     assert r["step_mean_ms"] > 0 and r["map_us_per_page"] > 0
+
+
+def test_rounds_rotate_the_cases_and_the_table_keeps_their_medians(monkeypatch, tmp_path):
+    import argparse
+
+    from experiments import attention_overhead as ao
+
+    calls: list[tuple[str, int | None]] = []
+    times = {("static", None): [3.0, 1.0, 2.0], ("paged", 16): [9.0, 4.0, 5.0]}
+
+    def fake(args, lens, layout, size, mode):
+        calls.append((layout, size))
+        kernel = times[layout, size][sum(c == (layout, size) for c in calls) - 1]
+        return dict(mode=mode, layout=layout, block_size=size, page_kib=None, batch=len(lens),
+                    mean_len=10.0, max_len=12, card="test card", step_ms=kernel + 1,
+                    step_mean_ms=kernel + 1, kernel_ms=kernel, host_ms=1.0)  # fmt: skip
+
+    monkeypatch.setattr(ao, "measure", fake)
+    monkeypatch.setattr(ao, "azure_lengths", lambda b: [10] * b)
+    args = argparse.Namespace(batches=(4,), blocks=(16,), vattention=(), modes=["graph"],
+                              rounds=3, out=tmp_path)  # fmt: skip
+    table = ao.run(args)
+    # round r starts r cases later: static, paged | paged, static | static, paged
+    assert calls == [("static", None), ("paged", 16), ("paged", 16), ("static", None),
+                     ("static", None), ("paged", 16)]  # fmt: skip
+    got = table.set_index("layout")
+    assert got.kernel_ms.to_dict() == {"static": 2.0, "paged": 5.0}
+    assert got.rounds.to_dict() == {"static": 3, "paged": 3}
+    assert got.overhead_vs_contiguous["paged"] == 1.5
+    assert len(pd.read_csv(tmp_path / "attention_overhead_rounds.csv")) == 6
