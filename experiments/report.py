@@ -71,6 +71,8 @@ KEYS = [
     "workload",
     "model",
     "gpu",
+    "backend",
+    "kernel",
     "kv_budget_gib",
     "max_seq_len",
     "max_num_seqs",

@@ -40,10 +40,21 @@ def wide(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def describe(table: pd.DataFrame) -> str:
-    """The setup the runs share: model, KV budget, GPU profile."""
+    """The setup the runs share: model, KV budget, and where the numbers come from."""
     first = table.iloc[0]
     budget = "unlimited" if pd.isna(first.kv_budget_gib) else f"{first.kv_budget_gib:g} GiB"
-    return f"{first.model}, {budget} KV, {first.gpu}"
+    return f"{first.model}, {budget} KV, {source(first)}"
+
+
+def source(run: pd.Series) -> str:
+    """The card and how its times were had: the sim's roofline of a GPU profile, the sim
+    priced by steps measured on that card (a calibrated profile), or a run on the GPU."""
+    backend, kernel = run.get("backend"), run.get("kernel")
+    if pd.isna(backend):  # NOTE: reports of runs written before summaries named the backend
+        return str(run.gpu)
+    if backend == "sim":
+        return f"{run.gpu} {'calibrated' if kernel == 'profile' else 'roofline'} sim"
+    return f"{run.gpu}, {backend} backend"
 
 
 def fig2_bars(table: pd.DataFrame, note: str = "") -> plt.Figure:

@@ -52,6 +52,16 @@ def test_latency_legend_stays_off_the_curves_and_shows_the_paper(table):
     assert "(paper 1.7-2.7x)" in text and "(paper 2.7-8x)" in text
 
 
+def test_titles_say_whether_the_numbers_are_simulated_and_on_which_card(table):
+    fig = memory.block_size(group(table, "block_size"))
+    assert "opt_13b, 12 GiB KV, a100_40gb roofline sim" in fig.get_suptitle()
+    run = {"gpu": "NVIDIA H200", "backend": "sim", "kernel": "profile"}
+    assert memory.source(pd.Series(run)) == "NVIDIA H200 calibrated sim"
+    run.update(backend="model", kernel="triton_paged")
+    assert memory.source(pd.Series(run)) == "NVIDIA H200, model backend"
+    assert memory.source(pd.Series({"gpu": "h100_sxm"})) == "h100_sxm"  # older reports
+
+
 def test_prefix_hit_rate_draws_the_trace_repeat_shares(table):
     fig = memory.hit_rate(group(table, "mooncake_prefix"))
     left = fig.axes[0]
