@@ -26,6 +26,8 @@ from experiments.identity import PRESENTATION_KEYS, digest
 from experiments.reference import reference_for, system_of
 from workloads.errors import KvbenchError
 
+LABEL_CHARS = 100  # a setup's label in report headings and figure titles
+
 
 @dataclass
 class Run:
@@ -140,10 +142,21 @@ def _set_labels(runs: list[Run]) -> None:
         for r in runs:
             if r.setup in firsts:
                 rep = firsts[r.setup].setup_config or {}
-                label = ", ".join(f"{k}={rep.get(k)}" for k in differ)
-                r.setup_label = r.record["setup_label"] = label[:100]
+                r.setup_label = r.record["setup_label"] = label(rep, differ)
+
+
+def label(config: dict[str, Any], keys: list[str]) -> str:
+    """`key=value, ...` over the keys that set a setup apart, at most LABEL_CHARS (cut with
+    "..."). A path shows its file name: the folders of profiles and traces made labels so long
+    that the keys after them were cut."""
+    text = ", ".join(f"{k}={_shown(config.get(k))}" for k in keys)
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 3] + "..."
 
 
 def setup_label(table: Any, setup: str) -> str:
     rows = table[table.setup == setup]
     return str(rows.setup_label.iloc[0]) if "setup_label" in rows and len(rows) else setup
+
+
+def _shown(value: Any) -> Any:
+    return Path(value).name if isinstance(value, str) and "/" in value else value

@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
+from experiments import runs
 from experiments.reference import REFERENCES, reference_for
 from experiments.report import collect, groups, markdown
 from plots.cli import _note, plot_all
@@ -43,6 +44,17 @@ def test_setups_are_never_mixed(two_budgets):
     for setup in table.setup.unique():
         assert f"fig2_memory_shares_{setup[:8]}.png" in paths
         assert f"batch_and_memory_over_time_{setup[:8]}.png" in paths
+
+
+def test_setup_labels_show_file_names_and_say_where_they_are_cut():
+    profile = {"backend.profile": "results/reference/profiles/opt_13b_h200_bfloat16.parquet",
+               "workload.max_requests": 80, "kv_budget_gib": None}  # fmt: skip
+    assert runs.label(profile, sorted(profile)) == (
+        "backend.profile=opt_13b_h200_bfloat16.parquet, kv_budget_gib=None, "
+        "workload.max_requests=80"
+    )
+    long = runs.label({"a": "x" * 200}, ["a"])
+    assert len(long) == runs.LABEL_CHARS and long.endswith("...")
 
 
 def test_references_only_beside_runs_of_the_reference_setup(two_budgets):
