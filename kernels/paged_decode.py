@@ -66,9 +66,10 @@ def load_kv_tile(
 
 
 # NOTE: Triton compiles a variant per integer value class (== 1, divisible by 16, other) and per
-# pointer alignment. Split counts, split sizes and the table's row stride vary from step to
-# step (ragged batches make 16 or 32 splits): they are not specialized, so a serving run never
-# compiles mid-step (a compile costs 0.3-1 s). The KV and query pointers keep their alignment.
+# pointer alignment. Split counts and sizes vary from step to step (ragged batches make 16 or
+# 32 splits), and the table's stride and the lengths pointer depend on how the caller slices
+# its rows: they are not specialized, so a serving run never compiles mid-step (a compile
+# costs 0.3-1 s). The KV and query pointers keep their alignment (vectorized loads).
 @triton.jit(do_not_specialize=["seq_lens_ptr", "stride_bt", "num_splits", "min_tokens_per_split"])
 def _decode_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]

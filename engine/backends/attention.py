@@ -296,13 +296,15 @@ class AttentionBackend:
         prefill, the KV write) before the first step: Triton compiles on first use, and the
         engine's clock must not count it."""
         as_i32 = dict(dtype=torch.int32, device=self.device)
-        # NOTE: Triton specializes on 16-byte alignment and on integers equal to 1: the table
-        # has the live table's width, and prefill runs at an aligned and an unaligned offset
+        # NOTE: what varies between steps (split counts, the table's stride, the metadata
+        # pointers of prefill rows) is not specialized (kernels/paged_decode.py); what is
+        # (pool and query alignment, fixed strides) is the live run's: the table has the live
+        # table's width
         table = torch.zeros(self.rows.table.shape, **as_i32)[:2]
         lens = torch.ones(2, **as_i32)
         slots = torch.full((2,), -1, dtype=torch.int64, device=self.device)  # writes nothing
         q, k_new, v_new = self._random(2)
-        # decode unsplit and split with a prefill at an unaligned offset, then prefill alone;
+        # decode unsplit and split with a prefill after its row, then prefill alone;
         # the decode rows' lengths are given and equal, so every tile that decode_tiles.py may
         # choose for such batches is compiled here too
         for nd, splits in ((1, 1), (1, 2), (0, None)):
