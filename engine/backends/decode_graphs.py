@@ -30,6 +30,15 @@ def bucket(n: int) -> int | None:
     return next((b for b in BUCKETS if b >= n), None)
 
 
+def copy_rows(graph_table: torch.Tensor, rows: torch.Tensor) -> None:
+    """The step's table rows into the graph's static table, from row 0.
+
+    NOTE: the rows' table may be wider than the graph's (it grows by doubling); a length
+    <= the graph's max_len needs no block past the graph's width."""
+    w = min(rows.shape[1], graph_table.shape[1])
+    graph_table[: rows.shape[0], :w] = rows[:, :w]
+
+
 def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
     """Split-K count for a decode captured without knowing the lengths: each sequence is cut
     into this many pieces of its own length (at least one tile each). Measured on an H200
@@ -46,7 +55,7 @@ class DecodeGraphs:
         m, dev, dt = backend.model, backend.device, backend.dtype
         n = BUCKETS[-1]
         per_layer = backend.num_layers if backend.verifier is not None else 1
-        self.backend, self.width, self.max_len, self.splits = backend, width, max_len, splits
+        self.backend, self.max_len, self.splits = backend, max_len, splits
         props = torch.cuda.get_device_properties(dev)
         self.num_sms = props.multi_processor_count
         self.table = torch.zeros((n, width), dtype=torch.int32, device=dev)
@@ -74,10 +83,7 @@ class DecodeGraphs:
         n = b.num_decode
         size = bucket(n)
         assert size is not None
-        # NOTE: the rows' table may be wider than the graph's (it grows by doubling); a
-        # length <= max_len needs no block past the graph's width
-        w = min(b.table.shape[1], self.width)
-        self.table[:n, :w] = b.table[:, :w]
+        copy_rows(self.table, b.table)
         self.table[n:size] = 0
         self.lens[:n] = b.lens
         self.lens[n:size] = 1

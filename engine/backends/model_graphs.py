@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.backends.attention import _Batch
-from engine.backends.decode_graphs import BUCKETS, bucket, graph_splits
+from engine.backends.decode_graphs import BUCKETS, bucket, copy_rows, graph_splits
 
 if TYPE_CHECKING:
     from engine.backends.model import ModelBackend
@@ -53,7 +53,7 @@ class ModelGraphs:
     ) -> None:
         dev = backend.device
         n = self.max_batch = bucket(min(max_num_seqs, BUCKETS[-1])) or BUCKETS[-1]
-        self.backend, self.width, self.max_len = backend, width, max_len
+        self.backend, self.max_len = backend, max_len
         self.num_sms, self.splits, self.capture_graphs = num_sms, splits, capture
         self.table = torch.zeros((n, width), dtype=torch.int32, device=dev)
         self.lens = torch.ones(n, dtype=torch.int32, device=dev)
@@ -81,10 +81,7 @@ class ModelGraphs:
         n = b.num_decode
         size = bucket(n)
         assert size is not None and size <= self.max_batch
-        # NOTE: the rows' table may be wider than the graph's (it grows by doubling); a
-        # length <= max_len needs no block past the graph's width
-        w = min(b.table.shape[1], self.width)
-        self.table[:n, :w] = b.table[:, :w]
+        copy_rows(self.table, b.table)
         self.lens[:n] = b.lens
         self.slots[:n] = b.slots
         self.ids[:n] = ids
