@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/attention_overhead"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats (median)")
+    ap.add_argument("--rounds", type=_positive, default=1, help="interleaved repeats (median)")
     ap.add_argument("--batches", type=_ints, default=BATCHES)
     ap.add_argument("--blocks", type=_ints, default=BLOCK_SIZES)
     ap.add_argument(
@@ -244,6 +244,16 @@ def main() -> None:
         )
         sys.exit(2)
     print(markdown(run(args)))
+
+
+def _positive(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {s!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def _ints(s: str) -> tuple[int, ...]:

@@ -115,6 +115,17 @@ def test_gpu_benchmarks_without_cuda(module):
     assert_one_line_error(r, "needs a CUDA GPU")
 
 
+@pytest.mark.parametrize(("value", "says"), [("0", "must be at least 1, got 0"),
+                                            ("x", "not a whole number: 'x'")])  # fmt: skip
+def test_attention_overhead_rounds_must_be_positive(value, says):
+    r = subprocess.run(
+        [sys.executable, "-m", "experiments.attention_overhead", "--rounds", value],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(f"argument --rounds: {says}")
+
+
 def test_an_interrupt_that_hydra_wraps_still_exits_130(monkeypatch, capsys):
     """Ctrl-C while Hydra composes the next job's config reaches us as one of its own
     exceptions (seen: ConfigCompositionException "'NoneType' object has no attribute
