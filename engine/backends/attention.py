@@ -56,6 +56,7 @@ class _Batch:
     decode_tokens: int | None  # their sum, when known (ragged batches split better)
     max_query_len: int
     num_splits: int | None = None  # decode split-K count (None: the kernel's heuristic)
+    max_prefill_len: int = 0  # the prefill rows' longest length (KV tokens after the step)
 
 
 class AttentionBackend:
@@ -201,7 +202,7 @@ class AttentionBackend:
         return _Batch(
             table, d_lens.int(), slots, d_qs.int(), nd,
             int(lens[:nd].max()) if nd else 0, int(lens[:nd].sum()),
-            int(counts.max()) if p else 0,
+            int(counts.max()) if p else 0, None, int(lens[nd:].max()) if p else 0,
         )  # fmt: skip
 
     def _layers(self, batch: StepBatch, b: _Batch) -> None:

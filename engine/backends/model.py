@@ -15,8 +15,9 @@ the copies: instead of random queries, one forward of the model over the step's 
                             [num_seqs, vocab], [num_seqs] (decode rows first, then prefills)
 
 The argmax is computed and not used: the next input is the workload's token, so a run serves
-exactly the requests of the workload. Decode-only steps replay a CUDA graph per batch bucket
-(engine/backends/model_graphs.py); mixed and prefill steps run eagerly. Step time is the
+exactly the requests of the workload. Steps replay CUDA graphs (engine/backends/model_graphs.py):
+decode-only steps one per batch bucket, steps with prefills one per (decode rows, prefill
+tokens) bucket up to 2,048 prefill tokens; larger steps run eagerly. Step time is the
 step's wall time up to the GPU finishing, as in the attention backend; graph captures are
 kept out of it (or done before the run: `capture_graphs`).
 """
@@ -133,11 +134,10 @@ class ModelBackend(AttentionBackend):
 
     def _graph_step(self, batch: StepBatch, b: _Batch, graphs: Any, events: list) -> float:
         ids, pos, _ = self._token_inputs(batch, with_rows=False)
-        graph, capture_s = graphs.prepare(b, ids, pos)
+        graph, n, capture_s = graphs.prepare(b, ids, pos)
         if events:
             events[0].record()
         graph.replay()
-        n = b.num_decode
         self.last_logits, self.last_next_ids = graphs.logits[:n], graphs.next_ids[:n]
         return capture_s
 

@@ -1,21 +1,35 @@
-"""CUDA graphs of the model's decode-only steps, one per batch-size bucket, as vLLM does: a
-whole forward (embedding, every layer's projections, KV write, decode attention and MLP, the
-final norm, lm_head and argmax) captured once per bucket and replayed. Without them an 8B
-model's small decode steps are bound by kernel launches, not by the GPU.
+"""CUDA graphs of the model's steps, as vLLM does: a whole forward (embedding, every layer's
+projections, KV write, attention and MLP, the final norm, lm_head and argmax) captured once
+per bucket and replayed. Without them an 8B model's steps are bound by kernel launches (~900
+per forward through transformers' eager modules), not by the GPU.
 
-    static inputs   ids [max_batch] int64          pos [max_batch] int64
-                    table [max_batch, width] int32  lens [max_batch] int32  slots [max_batch] int64
-    static outputs  logits [max_batch, vocab]       next_ids [max_batch] int64
-    a step of n sequences replays the graph of the smallest bucket >= n; rows n.. are padding:
-    token 0 at position 0, table row of zeros (the null block), length 1, slot -1 (write_kv
-    skips it); their logits are computed and ignored
+    decode-only steps   one graph per batch bucket (BUCKETS): n sequences replay the
+                        smallest bucket >= n
+    mixed steps         (prefills, with or without decode rows) one graph per (decode
+                        bucket, prefill-token bucket) of MIXED_DECODE x MIXED_TOKENS, with
+                        up to MAX_PREFILLS prefill rows; larger steps run eagerly (their
+                        GEMMs, not launches, set their time)
 
-Buckets and the graph split-K count are the attention backend's (engine/backends/decode_graphs.py):
-the kernels size each sequence's splits from its length on the GPU, so one capture at the
-longest length serves every replay. Capture rules kept: inputs and outputs live outside the
-graphs' memory pool at fixed addresses, nothing syncs with the host inside the forward, and
-warm-up forwards run on the capture's side stream before capturing. Without CUDA (`capture=
-False`, CPU tests) a "graph" runs the same padded forward eagerly.
+Static buffers, shared by every graph (a step fills them, then replays):
+
+    ids, pos, slots   [max_batch + max prefill tokens]   the packed new tokens: D decode
+                      slots (n real, then padding), then the prefill tokens (T real, then
+                      padding up to the token bucket)
+    table, lens       [max_batch + MAX_PREFILLS rows]    D decode rows, then MAX_PREFILLS
+                      prefill rows (p real, then zero-length rows: query_start repeats T)
+    query_start       [MAX_PREFILLS + 1] int32           prefill queries, from token D on
+    rows              [max_batch + MAX_PREFILLS] int64   where the logits are taken: decode
+                      rows 0..n-1, then each prefill's last token, then token 0 (padding)
+    logits, next_ids  [max_batch + MAX_PREFILLS, ...]    outputs; a step reads its n + p rows
+
+Padding attends to the null block: token 0 at position 0, table row of zeros, length 1, slot
+-1 (write_kv skips it); zero-length prefill rows do no work. The decode kernels size each
+sequence's splits from its length on the GPU and the prefill grid covers the token bucket,
+so one capture serves every replay of its bucket. Capture rules kept: inputs and outputs
+live outside the graphs' memory pool at fixed addresses, nothing syncs with the host inside
+the forward, and warm-up forwards run on the capture's side stream before capturing (they
+rewrite the step's K/V with the same values). Without CUDA (`capture=False`, CPU tests) a
+"graph" runs the same padded forward eagerly.
 """
 
 from __future__ import annotations
@@ -32,12 +46,19 @@ from engine.backends.decode_graphs import BUCKETS, bucket, copy_rows, graph_spli
 if TYPE_CHECKING:
     from engine.backends.model import ModelBackend
 
+MIXED_DECODE = (0, 16, 32, 64, 128, 256)  # decode rows of a mixed graph (capped by max_batch)
+MIXED_TOKENS = (*range(64, 513, 64), *range(640, 2049, 128))  # prefill tokens of a mixed graph
+MAX_PREFILLS = 8  # prefill rows of a mixed graph
+
 
 class _Eager:
     """The CPU stand-in of a captured graph: replay runs the padded forward."""
 
     def __init__(self, run: Callable[[], None]) -> None:
         self.replay = run
+
+
+Graph = torch.cuda.CUDAGraph | _Eager
 
 
 class ModelGraphs:
@@ -53,90 +74,136 @@ class ModelGraphs:
     ) -> None:
         dev = backend.device
         n = self.max_batch = bucket(min(max_num_seqs, BUCKETS[-1])) or BUCKETS[-1]
+        self.decode_sizes = (*(d for d in MIXED_DECODE if d < n), n)
+        tokens, rows = n + MIXED_TOKENS[-1], n + MAX_PREFILLS
         self.backend, self.max_len = backend, max_len
         self.num_sms, self.splits, self.capture_graphs = num_sms, splits, capture
-        self.table = torch.zeros((n, width), dtype=torch.int32, device=dev)
-        self.lens = torch.ones(n, dtype=torch.int32, device=dev)
-        self.slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
-        self.ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.pos = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.logits = torch.empty((n, backend.vocab_size), dtype=backend.dtype, device=dev)
-        self.next_ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.graphs: dict[int, torch.cuda.CUDAGraph | _Eager] = {}
+        as_i32 = dict(dtype=torch.int32, device=dev)
+        self.table = torch.zeros((rows, width), **as_i32)
+        self.lens = torch.ones(rows, **as_i32)
+        self.query_start = torch.zeros(MAX_PREFILLS + 1, **as_i32)
+        self.slots = torch.full((tokens,), -1, dtype=torch.int64, device=dev)
+        self.ids = torch.zeros(tokens, dtype=torch.int64, device=dev)
+        self.pos = torch.zeros(tokens, dtype=torch.int64, device=dev)
+        self.rows = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self._arange = torch.arange(rows, dtype=torch.int64, device=dev)
+        self.logits = torch.empty((rows, backend.vocab_size), dtype=backend.dtype, device=dev)
+        self.next_ids = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self.graphs: dict[int, Graph] = {}  # decode-only, by batch bucket
+        self.mixed: dict[tuple[int, int], Graph] = {}  # by (decode rows, prefill tokens)
         self.mempool = torch.cuda.graph_pool_handle() if capture else None
         self.stream = torch.cuda.Stream(dev) if capture else None
 
     def fits(self, b: _Batch) -> bool:
+        if b.max_decode_len > self.max_len or b.num_decode > self.max_batch:
+            return False
+        if b.max_query_len == 0:
+            return True
+        num_prefills = b.query_start.shape[0] - 1
         return (
-            b.max_query_len == 0
-            and b.num_decode <= self.max_batch
-            and b.max_decode_len <= self.max_len
+            num_prefills <= MAX_PREFILLS
+            and b.slots.shape[0] - b.num_decode <= MIXED_TOKENS[-1]
+            and b.max_prefill_len <= self.max_len
         )
 
-    def prepare(
-        self, b: _Batch, ids: torch.Tensor, pos: torch.Tensor
-    ) -> tuple[torch.cuda.CUDAGraph | _Eager, float]:
-        """Fill the static inputs from b and the new tokens; returns the bucket's graph
-        (captured first if new) and the seconds the capture took."""
+    def prepare(self, b: _Batch, ids: torch.Tensor, pos: torch.Tensor) -> tuple[Graph, int, float]:
+        """Fill the static inputs from b and the new tokens (ids, pos); returns the bucket's
+        graph (captured first if new), the number of logits rows the step owns, and the
+        seconds a capture took."""
         n = b.num_decode
-        size = bucket(n)
-        assert size is not None and size <= self.max_batch
-        copy_rows(self.table, b.table)
-        self.lens[:n] = b.lens
-        self.slots[:n] = b.slots
-        self.ids[:n] = ids
-        self.pos[:n] = pos
-        self._pad(n, size)
-        graph = self.graphs.get(size)
+        if b.max_query_len == 0:
+            size = bucket(n)
+            assert size is not None and size <= self.max_batch
+            copy_rows(self.table, b.table)
+            self.lens[:n] = b.lens
+            self._fill_tokens(0, ids, pos, b.slots)
+            self._pad(n, size, size)
+            key: int | tuple[int, int] = size
+            graphs: dict = self.graphs
+            num_out = n
+        else:
+            p, t = b.query_start.shape[0] - 1, b.slots.shape[0] - n
+            d = next(s for s in self.decode_sizes if s >= n)
+            tb = next(s for s in MIXED_TOKENS if s >= t)
+            copy_rows(self.table, b.table[:n])
+            copy_rows(self.table[d:], b.table[n:])
+            self.lens[:n] = b.lens[:n]
+            self.lens[d : d + p] = b.lens[n:]
+            self._fill_tokens(0, ids[:n], pos[:n], b.slots[:n])
+            self._fill_tokens(d, ids[n:], pos[n:], b.slots[n:])
+            self._pad(n, d, d + tb, first_token=d + t)
+            self.table[d + p : d + MAX_PREFILLS] = 0
+            self.lens[d + p : d + MAX_PREFILLS] = 1
+            self.query_start[: p + 1] = b.query_start
+            self.query_start[p + 1 :] = t
+            self.rows[:n] = self._arange[:n]
+            self.rows[n : n + p] = b.query_start[1:] + (d - 1)
+            self.rows[n + p :] = 0
+            key, graphs, num_out = (d, tb), self.mixed, n + p
+        graph = graphs.get(key)
         if graph is not None:
-            return graph, 0.0
+            return graph, num_out, 0.0
         t0 = time.perf_counter()
-        graph = self.capture(size)
-        return graph, time.perf_counter() - t0
+        graph = graphs[key] = self._capture(lambda: self._forward(key))
+        return graph, num_out, time.perf_counter() - t0
 
     def capture_all(self) -> float:
-        """Capture every bucket up to max_batch, largest first (as vLLM at start-up), on
-        padding only (nothing is written); returns the seconds it took."""
+        """Capture every decode bucket up to max_batch, largest first (as vLLM at start-up),
+        on padding only (nothing is written); returns the seconds it took. Mixed graphs are
+        captured as their buckets first occur (their capture is not timed either)."""
         t0 = time.perf_counter()
         for size in sorted((s for s in BUCKETS if s <= self.max_batch), reverse=True):
             if size not in self.graphs:
-                self._pad(0, size)
-                self.capture(size)
+                self._pad(0, size, size)
+                self.graphs[size] = self._capture(lambda s=size: self._forward(s))
         return time.perf_counter() - t0
 
-    def capture(self, size: int) -> torch.cuda.CUDAGraph | _Eager:
-        """The graph of one bucket, from the static inputs as they are (warm-ups rewrite this
-        step's K/V with the same values)."""
+    def _capture(self, forward: Callable[[], None]) -> Graph:
+        """The graph of one forward over the static inputs as they are."""
         if not self.capture_graphs:
-            graph: torch.cuda.CUDAGraph | _Eager = _Eager(lambda: self._forward(size))
-        else:
-            assert self.stream is not None
-            self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
-            with torch.cuda.stream(self.stream):
-                for _ in range(2):
-                    self._forward(size)
-            torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.mempool, stream=self.stream):
-                self._forward(size)
-            torch.cuda.synchronize(self.stream.device)
-        self.graphs[size] = graph
+            return _Eager(forward)
+        assert self.stream is not None
+        current = torch.cuda.current_stream(self.stream.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            for _ in range(2):
+                forward()
+        current.wait_stream(self.stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.mempool, stream=self.stream):
+            forward()
+        torch.cuda.synchronize(self.stream.device)
         return graph
 
-    def _pad(self, n: int, size: int) -> None:
-        self.table[n:size] = 0
-        self.lens[n:size] = 1
-        self.slots[n:size] = -1
-        self.ids[n:size] = 0
-        self.pos[n:size] = 0
+    def _fill_tokens(self, at: int, ids: torch.Tensor, pos: torch.Tensor, slots) -> None:
+        end = at + ids.shape[0]
+        self.ids[at:end], self.pos[at:end], self.slots[at:end] = ids, pos, slots
 
-    def _forward(self, size: int) -> None:
+    def _pad(self, n: int, rows: int, tokens: int, first_token: int | None = None) -> None:
+        """Decode rows n..rows-1 and their tokens, and the tokens from first_token (default:
+        rows) to `tokens`, as padding."""
+        self.table[n:rows] = 0
+        self.lens[n:rows] = 1
+        for lo, hi in ((n, rows), (rows if first_token is None else first_token, tokens)):
+            self.slots[lo:hi] = -1
+            self.ids[lo:hi] = 0
+            self.pos[lo:hi] = 0
+
+    def _forward(self, key: int | tuple[int, int]) -> None:
+        """The padded forward of one bucket: decode-only (an int) or mixed (a pair)."""
+        size, tokens = (key, 0) if isinstance(key, int) else key
         kv_heads = self.backend.model.num_kv_heads
-        splits = self.splits or graph_splits(size * kv_heads, self.max_len, self.num_sms)
+        splits = self.splits or graph_splits(max(size, 1) * kv_heads, self.max_len, self.num_sms)
+        if tokens:
+            rows, qs = size + MAX_PREFILLS, self.query_start
+        else:
+            rows, qs = size, self.lens[:1]  # no prefill rows
         b = _Batch(
-            self.table[:size], self.lens[:size], self.slots[:size], self.lens[:1], size,
-            self.max_len, None, 0, splits,
+            self.table[:rows], self.lens[:rows], self.slots[: size + tokens], qs, size,
+            self.max_len, None, tokens, splits,
         )  # fmt: skip
+        out = slice(0, rows)
         self.backend.forward(
-            self.ids[:size], self.pos[:size], b, None, self.logits[:size], self.next_ids[:size]
-        )
+            self.ids[: size + tokens], self.pos[: size + tokens], b,
+            self.rows[out] if tokens else None, self.logits[out], self.next_ids[out],
+        )  # fmt: skip

@@ -38,8 +38,8 @@ def seq(sid: int, prompt: int, out: int, shared: int = 0) -> Seq:
 
 
 def padded_graphs(backend: ModelBackend) -> ModelGraphs:
-    """Decode-only steps through the graph path's padded static inputs, run eagerly; the
-    graph's table is as narrow as max_len allows (the rows' table grows wider)."""
+    """Every step through the graph path's padded static inputs, run eagerly; the graph's
+    table is as narrow as max_len allows (the rows' table grows wider)."""
     width = 1 if backend.contiguous else cdiv(64, backend.alloc.block_size)
     assert backend.contiguous or backend.rows.table.shape[1] > width
     backend.graphs = ModelGraphs(backend, width, 64, 8, num_sms=4, capture=False)
@@ -90,6 +90,8 @@ def test_steps_match_transformers(name, graphs):
     assert max_rel_error(backend, rec.records) < TOL
     if graphs:
         assert sorted(backend.graphs.graphs) == [4], "decode-only steps of 3 ran in bucket 4"
+        # the admissions (no decode rows) and the step with 2 decode rows and a prefill
+        assert sorted(backend.graphs.mixed) == [(0, 64), (8, 64)]
 
 
 def test_prefix_hit_computes_only_the_new_tokens():
@@ -132,7 +134,8 @@ def test_a_wrong_block_is_caught():
 @pytest.mark.parametrize("name", sorted(ALLOCATORS))
 def test_engine_with_forks_and_preemption(name, preemption):
     """The engine drives the backend: two samples per request forked at admission, shared
-    prefixes, preempted and resumed under a tight pool; every step's logits checked."""
+    prefixes, preempted and resumed under a tight pool; every step's logits checked. The
+    swap runs go through the graph path's padded inputs (decode-only and mixed buckets)."""
     from engine.scheduler import Engine, EngineLimits
     from workloads.synthetic import synthetic
 
@@ -149,10 +152,14 @@ def test_engine_with_forks_and_preemption(name, preemption):
         num_prefixes=1, prefix_len=4,
     )  # fmt: skip
     backend = backend_for(alloc)
+    if preemption == "swap":
+        padded_graphs(backend)
     rec = Recorder(backend)
     result = Engine(alloc, backend, EngineLimits(max_num_seqs=8, preemption=preemption)).run(
         wl.requests
     )
+    if preemption == "swap":
+        assert backend.graphs.graphs and backend.graphs.mixed
     assert len(result.finished) == len(wl.requests)
     if name != "static":
         assert result.num_preemptions > 0
@@ -184,3 +191,22 @@ def test_config_and_spec_must_agree():
     with pytest.raises(KvbenchError, match="transformers config"):
         ModelBackend(spec_of(llama_config(layers=3)), PagedAllocator(4, 4), "float32",
                      device="cpu", config=llama_config())  # fmt: skip
+
+
+def test_steps_past_the_mixed_buckets_run_eagerly():
+    """More prefills than a mixed graph holds, or a prefill row longer than its table: the
+    eager forward, with the same logits."""
+    from engine.backends.model_graphs import MAX_PREFILLS
+
+    backend = backend_for(PagedAllocator(60, 4))
+    graphs = padded_graphs(backend)
+    rec = Recorder(backend)
+    many = [seq(i + 1, 3, 2) for i in range(MAX_PREFILLS + 1)]
+    for s in many:
+        backend.alloc.allocate(s, 3)
+    backend.step(StepBatch(prefills=[(s, 0, 3) for s in many]))
+    long = seq(99, 70, 2)  # 70 tokens > the graphs' max_len of 64
+    backend.alloc.allocate(long, 70)
+    backend.step(StepBatch(prefills=[(long, 0, 70)]))
+    assert graphs.mixed == {} and graphs.graphs == {}
+    assert len(rec.records) == MAX_PREFILLS + 2 and max_rel_error(backend, rec.records) < TOL

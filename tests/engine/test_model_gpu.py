@@ -56,6 +56,7 @@ def test_engine_steps_match_transformers(name, preemption):
     if not name.startswith("static"):
         assert result.num_preemptions > 0, "the pool is meant to be tight"
     assert backend.graphs is not None and backend.graphs.graphs, "no step was replayed"
+    assert backend.graphs.mixed, "no step with a prefill was replayed"
     assert len(rec.records) > 300
     assert max_rel_error(backend, rec.records) < TOL
 
