@@ -37,11 +37,11 @@ from workloads.errors import KvbenchError
 GRID = {  # flag: (default, help)
     "decode_batches": ("1,2,4,8,16,32,64,128,256", "decode batch sizes"),
     "decode_contexts": ("128,512,1024,2048,4096,8192,10000", "tokens a decode sequence holds"),
-    "prefill_tokens": ("32,128,512,2048,8192", "new tokens of a prefill step"),
+    "prefill_tokens": ("32,128,512,1024,2048,8192", "new tokens of a prefill step"),
     "prefill_cached": ("0,2048,8192", "cached tokens before each prefill sequence's new ones"),
     "prefill_seqs": ("1,4", "sequences the prefill tokens are split over"),
     "mixed_batches": ("8,32,128", "decode batches beside a prefill"),
-    "mixed_tokens": ("32,256,2048", "prefill tokens beside those decode batches"),
+    "mixed_tokens": ("32,128,512,1024,2048", "prefill tokens beside those decode batches"),
     "mixed_context": ("1024", "tokens each decode sequence beside a prefill holds"),
     "fork_batches": ("8,64", "forked decode sequences (parents; each copies on growth)"),
     "swap_tokens": ("1024,16384", "tokens swapped out and in beside a decode batch of 8"),

@@ -47,6 +47,10 @@ def _task(cfg: DictConfig) -> None:
             _exit(sweeps.interrupted(), 130)
         sweeps.remove_if_empty()
         _exit(f"error: {one_line(e)}", 2)
+    except Exception as e:  # a bug: say so now - a multirun goes on and raises it at the end
+        print(f"error: {hc.runtime.output_dir} failed: {type(e).__name__}: {one_line(e)}",
+              file=sys.stderr)  # fmt: skip
+        raise
     print(job.format_summary(summary))
     print(f"  results         {hc.runtime.output_dir}")
 

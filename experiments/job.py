@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import time
@@ -123,15 +124,19 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     alloc: KVAllocator = build(alloc_cfg, num_slots=num_slots, max_seq_len=cfg.max_seq_len)
     backend = build_backend(cfg, spec, alloc)
     limits = EngineLimits(**cfg.engine)
-    with tqdm(
-        total=len(workload.requests),
-        unit="req",
-        disable=not cfg.progress,
-        mininterval=0.5,
-        desc=f"{type(alloc).__name__}",
-    ) as bar:
-        engine = Engine(alloc, backend, limits, seed=cfg.seed, on_finish=bar.update)
-        result = engine.run(workload.requests)
+    try:
+        with tqdm(
+            total=len(workload.requests),
+            unit="req",
+            disable=not cfg.progress,
+            mininterval=0.5,
+            desc=f"{type(alloc).__name__}",
+        ) as bar:
+            engine = Engine(alloc, backend, limits, seed=cfg.seed, on_finish=bar.update)
+            result = engine.run(workload.requests)
+        totals = getattr(backend, "summary", dict)()  # vattention on the GPU: page mapping work
+    finally:
+        _release(backend)
     _check_drained(alloc)
     steps, reqs = result.steps.columns(), request_columns(result.finished)
     summary = {
@@ -164,7 +169,7 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "request_rate": _offered_rate(workload),
         **summarize(steps, reqs),
         "prefix_block_hit_rate": _block_hit_rate(reqs, alloc.block_size),
-        **getattr(backend, "summary", dict)(),  # vattention on the GPU: page mapping work
+        **totals,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     results.write_parquet(out_dir / "steps.parquet", steps)
@@ -178,6 +183,19 @@ def _execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     )
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
+
+
+def _release(backend: Backend) -> None:
+    """Give a GPU backend's memory back before the next job of a multirun (same process):
+    its graphs, pages and pools, now rather than whenever the cyclic GC gets to them - it
+    could run inside the next job's graph capture, where freeing a graph is not allowed."""
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _warn_if_clipped(workload: Workload, max_seq_len: int) -> None:

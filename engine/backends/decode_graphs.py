@@ -14,7 +14,10 @@ one slice per layer, filled from the tokens before each replay.
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,6 +40,19 @@ def copy_rows(graph_table: torch.Tensor, rows: torch.Tensor) -> None:
     <= the graph's max_len needs no block past the graph's width."""
     w = min(rows.shape[1], graph_table.shape[1])
     graph_table[: rows.shape[0], :w] = rows[:, :w]
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Python's cyclic GC paused: a collection inside a capture could free another graph
+    (a finished job's, in a multirun), which CUDA refuses while a stream captures."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
@@ -95,7 +111,7 @@ class DecodeGraphs:
         t0 = time.perf_counter()
         self._layers(size)  # warm-up launches; rewrite this step's K/V with the same values
         graph = self.graphs[size] = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.mempool):
+        with no_gc(), torch.cuda.graph(graph, pool=self.mempool):
             self._layers(size)
         torch.cuda.synchronize(self.table.device)
         return graph, time.perf_counter() - t0

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.backends.attention import _Batch
-from engine.backends.decode_graphs import BUCKETS, bucket, copy_rows, graph_splits
+from engine.backends.decode_graphs import BUCKETS, bucket, copy_rows, graph_splits, no_gc
 
 if TYPE_CHECKING:
     from engine.backends.model import ModelBackend
@@ -170,7 +170,7 @@ class ModelGraphs:
                 forward()
         current.wait_stream(self.stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.mempool, stream=self.stream):
+        with no_gc(), torch.cuda.graph(graph, pool=self.mempool, stream=self.stream):
             forward()
         torch.cuda.synchronize(self.stream.device)
         return graph
