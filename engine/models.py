@@ -49,6 +49,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             max_position_embeddings=4096,
         ),
     ),
+    "llama_13b": (  # LLaMA (1) 13B: the PagedAttention paper's Fig. 16 model
+        "LlamaConfig",
+        dict(
+            hidden_size=5120,
+            intermediate_size=13824,
+            num_hidden_layers=40,
+            num_attention_heads=40,
+            num_key_value_heads=40,
+            vocab_size=32000,
+            max_position_embeddings=2048,
+        ),
+    ),
     "llama3_8b": (
         "LlamaConfig",
         dict(

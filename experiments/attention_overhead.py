@@ -33,7 +33,7 @@ from allocators.base import KVAllocator, cdiv
 from allocators.vattention import VAttentionAllocator
 from engine.backends.attention import AttentionBackend
 from engine.backends.base import StepBatch
-from engine.models import ModelSpec, model_spec
+from engine.models import PRESETS, ModelSpec, model_spec
 from engine.sequence import Seq
 from experiments.kernel_bench import azure_lengths
 from workloads.errors import KvbenchError
@@ -45,9 +45,17 @@ PAGE_KIB = (2048, 64)  # vAttention's page sizes; CUDA maps 2 MiB multiples (64 
 MODEL = "llama3_8b"
 
 
-def allocator_for(layout: str, size: int | None, final: list[int]) -> KVAllocator:
+def context_tokens(model: str = MODEL) -> int:
+    """The model's context length: what vAttention reserves per request, virtually."""
+    return int(PRESETS[model][1]["max_position_embeddings"])
+
+
+def allocator_for(
+    layout: str, size: int | None, final: list[int], row_tokens: int | None = None
+) -> KVAllocator:
     """A pool that holds exactly these sequences: static (oracle), paged at block `size`, or
-    vattention at pages of `size` KiB per K/V buffer."""
+    vattention at pages of `size` KiB per K/V buffer, each sequence in a virtual row of
+    `row_tokens` (default: the model's context) or its final length if longer."""
     if layout == "static":
         return StaticAllocator(sum(final) + 1, max(final), "oracle", "first_fit")
     assert size is not None
@@ -55,7 +63,7 @@ def allocator_for(layout: str, size: int | None, final: list[int]) -> KVAllocato
         return PagedAllocator(sum(cdiv(f, size) for f in final), size)
     spec = model_spec(MODEL)
     tpp = size * 1024 * 2 * spec.num_layers // spec.kv_bytes_per_token
-    max_len = max(16384, max(final))
+    max_len = max(row_tokens or context_tokens(), max(final))
     return VAttentionAllocator(sum(cdiv(f, tpp) for f in final), tpp, max_len, size * 1024)
 
 
@@ -115,7 +123,7 @@ def measure(
     """One case's timed steps (None: a vattention page size the GPU cannot map)."""
     steps, warmup = args.steps, args.warmup
     final = [n + steps + warmup for n in lens]
-    alloc = allocator_for(layout, size, final)
+    alloc = allocator_for(layout, size, final, args.row_tokens)
     graph_splits = int(mode[6:]) if mode.startswith("graph:") else None
     b = len(lens)
     try:
@@ -133,6 +141,7 @@ def measure(
     return dict(
         mode=mode, layout=layout, block_size=alloc.block_size if size else None,
         page_kib=size if layout == "vattention" else None, batch=b,
+        row_tokens=alloc.max_seq_len if isinstance(alloc, VAttentionAllocator) else None,
         mean_len=float(np.mean(lens)), max_len=max(lens), card=torch.cuda.get_device_name(),
         **r,
     )  # fmt: skip
@@ -140,7 +149,8 @@ def measure(
 
 def _medians(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per case: the median over rounds of every measured column."""
-    keys = ["mode", "layout", "block_size", "page_kib", "batch", "mean_len", "max_len", "card"]
+    keys = ["mode", "layout", "block_size", "page_kib", "row_tokens", "batch", "mean_len",
+            "max_len", "card"]  # fmt: skip
     values = [c for c in rows.columns if c not in keys and c != "round"]
     table = rows.groupby(keys, sort=False, dropna=False)[values].median().reset_index()
     return table.assign(rounds=rows.groupby(keys, sort=False, dropna=False).size().to_numpy())
@@ -194,8 +204,10 @@ def markdown(table: pd.DataFrame) -> str:
         mean = getattr(r, "step_mean_ms", float("nan"))
         maps = getattr(r, "maps_per_step", float("nan"))
         maps_s = "-" if pd.isna(maps) else f"{maps:.1f} ({r.map_us_per_page:.1f})"
+        rows = getattr(r, "row_tokens", float("nan"))
+        layout = r.layout if pd.isna(rows) else f"{r.layout} (rows of {int(rows):,})"
         lines.append(
-            f"| {r.mode} | {r.batch} ({r.mean_len:.0f}) | {r.layout} | {block} | {r.step_ms:.3f} "
+            f"| {r.mode} | {r.batch} ({r.mean_len:.0f}) | {layout} | {block} | {r.step_ms:.3f} "
             f"({mean:.3f}) | {r.kernel_ms:.3f} | {r.host_ms:.3f} ({100 * r.host_share:.1f}%) "
             f"| {over} | {maps_s} |"
         )
@@ -233,6 +245,11 @@ def main() -> None:
     ap.add_argument(
         "--vattention", type=_ints, default=PAGE_KIB, help="vattention page sizes in KiB"
     )
+    ap.add_argument(
+        "--row-tokens", type=_positive, default=None,
+        help=f"tokens of vattention's virtual row per sequence (default: the model's context, "
+        f"{context_tokens():,}; at least the longest sequence)",
+    )  # fmt: skip
     ap.add_argument(
         "--modes", type=lambda s: s.split(","), default=["graph", "eager"],
         help="graph, eager, or graph:N (graph-captured decode with N splits)",

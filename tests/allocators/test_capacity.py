@@ -14,6 +14,7 @@ from tests.allocators.seqs import seq
     [
         ("opt_13b", 819_200, 12.85),
         ("llama2_7b", 524_288, 6.74),
+        ("llama_13b", 819_200, 13.02),
         ("llama3_8b", 131_072, 8.03),
         ("llama3_70b", 327_680, 70.55),
     ],

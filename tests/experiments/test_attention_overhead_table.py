@@ -59,7 +59,8 @@ def test_markdown_compares_vattention_with_static_and_paged():
 def test_vattention_pools_hold_the_batch_in_pages_of_whole_tokens():
     a = allocator_for("vattention", 2048, [1000, 1025, 40])
     assert isinstance(a, VAttentionAllocator) and a.block_size == 1024  # llama3_8b: 2 KiB
-    assert a.num_blocks == 1 + 2 + 1 and a.max_seq_len == 16384
+    assert a.num_blocks == 1 + 2 + 1 and a.max_seq_len == 8192  # llama3_8b's context
+    assert allocator_for("vattention", 2048, [9000], row_tokens=4096).max_seq_len == 9000
     assert allocator_for("vattention", 64, [100]).block_size == 32
 
 
@@ -84,7 +85,8 @@ def test_rounds_rotate_the_cases_and_the_table_keeps_their_medians(monkeypatch, 
     def fake(args, lens, layout, size, mode):
         calls.append((layout, size))
         kernel = times[layout, size][sum(c == (layout, size) for c in calls) - 1]
-        return dict(mode=mode, layout=layout, block_size=size, page_kib=None, batch=len(lens),
+        return dict(mode=mode, layout=layout, block_size=size, page_kib=None, row_tokens=None,
+                    batch=len(lens),
                     mean_len=10.0, max_len=12, card="test card", step_ms=kernel + 1,
                     step_mean_ms=kernel + 1, kernel_ms=kernel, host_ms=1.0)  # fmt: skip
 
