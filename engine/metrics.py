@@ -123,6 +123,13 @@ def summarize(steps: dict[str, np.ndarray], reqs: dict[str, np.ndarray]) -> dict
     out["max_batch_size"] = int(batch.max()) if n else 0
     out["mean_batch_size"] = float(batch.mean()) if n else 0.0
     out["mean_batch_size_saturated"] = float(batch[sat].mean()) if sat.any() else None
+    # the serving capacity when memory limits the batch: decode tokens (one generated token
+    # each) per second of saturated steps - the rate a system sustains, without the run's
+    # ramp-up and drain (PagedAttention paper Fig. 12's "sustained rate", in tokens)
+    sat_s = steps["duration_s"][sat].sum()
+    out["decode_tokens_per_s_saturated"] = (
+        float(steps["num_decode_tokens"][sat].sum() / sat_s) if sat_s > 0 else None
+    )
     out["mean_running_seqs"] = float(steps["num_running_seqs"].mean()) if n else 0.0
     logical = steps["logical_slots"].astype(float)
     used = cap - steps["free"] - steps["external_frag"]

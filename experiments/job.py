@@ -290,4 +290,9 @@ def _memory_lines(s: dict[str, Any]) -> list[str]:
         f"  saturated steps {s['num_saturated_steps']:,} of {s['num_steps']:,} "
         "(memory refused the head-of-line request)"
     )
+    if s.get("decode_tokens_per_s_saturated") is not None:
+        lines.append(
+            f"    in them     {s['decode_tokens_per_s_saturated']:,.0f} decode tokens/s, "
+            f"mean batch {s['mean_batch_size_saturated']:.1f}"
+        )
     return lines

@@ -42,6 +42,7 @@ METRICS = {
     "max_batch_size": "requests",
     "mean_running_seqs": "sequences",
     "throughput_tokens_per_s": "tokens/s",
+    "decode_tokens_per_s_saturated": "tokens/s",
     "request_throughput_per_s": "requests/s",
     "mean_latency_s": "s",
     "mean_normalized_latency_s": "s/token",

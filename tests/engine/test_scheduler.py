@@ -179,3 +179,25 @@ def test_lpm_admits_the_longest_cached_prefix_first(kind):
 def test_unknown_policy_is_refused():
     with pytest.raises(KvbenchError, match="policy"):
         EngineLimits(policy="sjf")
+
+
+def test_saturated_capacity_counts_only_memory_limited_steps():
+    from engine.metrics import FEATURES
+
+    n = 4
+    steps = {k: np.zeros(n) for k in (*FEATURES, "time_s", "free", "external_frag",
+             "logical_slots", "logical_tokens", "token_states", "reservation", "internal_frag",
+             "host_s", "kernel_s", "num_host_blocks", "num_running_seqs")}  # fmt: skip
+    steps |= {
+        "capacity": np.full(n, 100), "mem_limited": np.array([False, True, True, False]),
+        "duration_s": np.array([1.0, 0.5, 1.5, 9.0]), "time_s": np.array([0.0, 1, 1.5, 3]),
+        "num_decode_tokens": np.array([99, 10, 30, 99]),
+        "num_running_reqs": np.array([1, 10, 30, 1]),
+    }  # fmt: skip
+    reqs = {k: np.ones(1) for k in ("cached_tokens", "computed_tokens", "output_tokens",
+            "finish_s", "arrival_s", "num_seqs", "first_token_s")}  # fmt: skip
+    s = summarize(steps, reqs)
+    assert s["decode_tokens_per_s_saturated"] == 40 / 2.0
+    assert s["mean_batch_size_saturated"] == 20
+    steps["mem_limited"][:] = False
+    assert summarize(steps, reqs)["decode_tokens_per_s_saturated"] is None
