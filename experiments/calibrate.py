@@ -36,7 +36,7 @@ from workloads.errors import KvbenchError
 
 GRID = {  # flag: (default, help)
     "decode_batches": ("1,2,4,8,16,32,64,128,256", "decode batch sizes"),
-    "decode_contexts": ("128,512,1024,2048,4096,8192,10000", "tokens a decode sequence holds"),
+    "decode_contexts": ("32,64,128,512,1024,2048,4096,8192,10000", "tokens a decode seq holds"),
     "prefill_tokens": ("32,128,512,1024,2048,8192", "new tokens of a prefill step"),
     "prefill_cached": ("0,2048,8192", "cached tokens before each prefill sequence's new ones"),
     "prefill_seqs": ("1,4", "sequences the prefill tokens are split over"),
