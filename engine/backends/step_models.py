@@ -12,10 +12,9 @@ A step is its FEATURES (engine/metrics.py) as columns of equal length.
   tokens = prefill + decode tokens; non-negative hinge slopes make the token cost convex and
   piecewise linear: flat while the weights' read dominates, steeper once compute does (the
   roofline's max(memory, compute) without assuming where the knee lies). The two indicators
-  are launch costs: GPU backends replay decode-only steps from CUDA graphs and run steps
-  with a prefill eagerly, kernel by kernel (measured on an H200 for llama3_8b: 8 ms for a
-  one-sequence decode step, 27 ms for a 128-token prefill), and a mixed step launches both
-  attention paths in every layer.
+  are fixed costs of a kind of step: a step with a prefill runs the prefill kernels (and, on a
+  backend without graphs for it, launches eagerly, kernel by kernel), and a mixed step runs
+  both attention paths in every layer.
 - `GridFit`: interpolation over the grid's shapes (steps of served runs a profile may hold
   are left to the linear fit: they are scattered, not a grid). Decode-only steps: the
   (batch, mean context per sequence) plane - linear in context within each measured batch
