@@ -50,6 +50,7 @@ class ModelBackend(AttentionBackend):
         dtype: str = "bfloat16",
         device: str = "cuda",
         graphs: bool = True,
+        mixed_graphs: bool = True,
         max_seq_len: int | None = None,
         max_num_seqs: int = 256,
         graph_splits: int | None = None,
@@ -64,6 +65,8 @@ class ModelBackend(AttentionBackend):
         Args:
             max_num_seqs: the engine's cap: the largest batch replayed from a graph (and
                 vattention's virtual rows).
+            mixed_graphs: with `graphs`, steps with prefills replay graphs too (False: they
+                run eagerly, kernel by kernel, as before graphs covered them).
             init_std: standard deviation of the random weights.
             config: a transformers config (default: the `model=` preset's); its shapes must
                 be the ModelSpec's.
@@ -96,7 +99,9 @@ class ModelBackend(AttentionBackend):
             # NOTE: the device table starts 64 blocks wide: a graph takes at least that
             width = 1 if self.contiguous else max(cdiv(max_len, allocator.block_size), 64)
             sms = torch.cuda.get_device_properties(self.device).multi_processor_count
-            self.graphs = ModelGraphs(self, width, max_len, max_num_seqs, sms, graph_splits)
+            self.graphs = ModelGraphs(
+                self, width, max_len, max_num_seqs, sms, graph_splits, mixed=mixed_graphs
+            )
         if self.device.type == "cuda":
             self._warm_up_model()
 

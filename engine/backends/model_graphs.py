@@ -71,11 +71,13 @@ class ModelGraphs:
         num_sms: int,
         splits: int | None = None,
         capture: bool = True,
+        mixed: bool = True,
     ) -> None:
         dev = backend.device
         n = self.max_batch = bucket(min(max_num_seqs, BUCKETS[-1])) or BUCKETS[-1]
         self.decode_sizes = (*(d for d in MIXED_DECODE if d < n), n)
-        tokens, rows = n + MIXED_TOKENS[-1], n + MAX_PREFILLS
+        self.max_tokens = MIXED_TOKENS[-1] if mixed else 0  # prefill tokens of a mixed graph
+        tokens, rows = n + self.max_tokens, n + MAX_PREFILLS
         self.backend, self.max_len = backend, max_len
         self.num_sms, self.splits, self.capture_graphs = num_sms, splits, capture
         as_i32 = dict(dtype=torch.int32, device=dev)
@@ -102,7 +104,7 @@ class ModelGraphs:
         num_prefills = b.query_start.shape[0] - 1
         return (
             num_prefills <= MAX_PREFILLS
-            and b.slots.shape[0] - b.num_decode <= MIXED_TOKENS[-1]
+            and b.slots.shape[0] - b.num_decode <= self.max_tokens
             and b.max_prefill_len <= self.max_len
         )
 

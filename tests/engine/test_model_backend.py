@@ -210,3 +210,14 @@ def test_steps_past_the_mixed_buckets_run_eagerly():
     backend.step(StepBatch(prefills=[(long, 0, 70)]))
     assert graphs.mixed == {} and graphs.graphs == {}
     assert len(rec.records) == MAX_PREFILLS + 2 and max_rel_error(backend, rec.records) < TOL
+
+
+def test_mixed_graphs_can_be_turned_off():
+    """backend.mixed_graphs=false: steps with prefills run eagerly, decode steps replay."""
+    backend = backend_for(PagedAllocator(60, 4))
+    width = cdiv(64, 4)
+    backend.graphs = ModelGraphs(backend, width, 64, 8, num_sms=4, capture=False, mixed=False)
+    rec = Recorder(backend)
+    run_scenario(backend)
+    assert backend.graphs.mixed == {} and sorted(backend.graphs.graphs) == [4]
+    assert max_rel_error(backend, rec.records) < TOL
