@@ -7,7 +7,10 @@
 Ids are the allocator's: a paged block id indexes axis 1, a static slot id too (a static
 sequence's "block table" is its slot range). Copies and swaps are runs (src, dst, n) of those
 units, done for every layer at once. Host memory for swapped blocks is a pinned pool indexed
-by the engine's host block ids; it grows on demand.
+by the engine's host block ids, unit-major ([units, num_layers, ...]: a run of units is one
+contiguous range there), grown on demand. A swap moves each run with one DMA between that
+range and a unit-major staging copy on the GPU, in stream order (no host sync: a block freed
+by a swap-out is rewritten only by kernels queued after the copy).
 
 `SeqRows` keeps each live sequence's block table (or first slot) in one row of a GPU table
 and updates it incrementally: per step only the entries that changed since the last step
@@ -60,7 +63,7 @@ class KVPool:
         """Units (what copies and swaps move) k, v [num_layers, units, ...]; the kernels'
         per-layer tensors `layers` (views of k and v here; the virtual rows of vmm_pool)."""
         self.k, self.v, self.layers, self.device = k, v, layers, k.device
-        self._host_k = self._host_v = torch.empty((k.shape[0], 0, *k.shape[2:]), dtype=k.dtype)
+        self._host_k = self._host_v = torch.empty((0, k.shape[0], *k.shape[2:]), dtype=k.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -77,33 +80,31 @@ class KVPool:
         """(device unit, host unit, n) runs to host memory."""
         if not runs:
             return
-        src, dst = run_index(runs, self.device)
-        self._grow_host(int(dst.max()) + 1)
-        dst = dst.cpu()
-        self._host_k[:, dst] = self.k[:, src].cpu()
-        self._host_v[:, dst] = self.v[:, src].cpu()
+        self._grow_host(max(h + n for _, h, n in runs))
+        for d, h, n in runs:
+            for dev, host in ((self.k, self._host_k), (self.v, self._host_v)):
+                staged = dev[:, d : d + n].transpose(0, 1).contiguous()
+                host[h : h + n].copy_(staged, non_blocking=True)
 
     def swap_in(self, runs: Sequence[Run]) -> None:
         """(host unit, device unit, n) runs back to the device."""
-        if not runs:
-            return
-        src, dst = run_index(runs, torch.device("cpu"))
-        dst = dst.to(self.device)
-        self.k[:, dst] = self._host_k[:, src].to(self.device, non_blocking=True)
-        self.v[:, dst] = self._host_v[:, src].to(self.device, non_blocking=True)
+        for h, d, n in runs:
+            for dev, host in ((self.k, self._host_k), (self.v, self._host_v)):
+                staged = host[h : h + n].to(self.device, non_blocking=True)
+                dev[:, d : d + n] = staged.transpose(0, 1)
 
     def _grow_host(self, units: int) -> None:
-        have = self._host_k.shape[1]
+        have = self._host_k.shape[0]
         if units <= have:
             return
+        if self.device.type == "cuda":  # the copy into the old pool may still be in flight
+            torch.cuda.current_stream(self.device).synchronize()
         new = max(units, 2 * have)
         pin = self.device.type == "cuda"
         for name in ("_host_k", "_host_v"):
             old = getattr(self, name)
-            grown = torch.empty(
-                (old.shape[0], new, *old.shape[2:]), dtype=old.dtype, pin_memory=pin
-            )
-            grown[:, :have] = old
+            grown = torch.empty((new, *old.shape[1:]), dtype=old.dtype, pin_memory=pin)
+            grown[:have] = old
             setattr(self, name, grown)
 
 
