@@ -122,6 +122,11 @@ def synthetic(
     if max_requests is None or max_requests < 1:
         raise KvbenchError(f"workload.max_requests must be >= 1, got {max_requests}")
     check_length_scale(length_scale)
+    if num_prefixes < 0 or prefix_len < 0 or (num_prefixes > 0 and prefix_len < 1):
+        raise KvbenchError(
+            f"workload.num_prefixes must be >= 0 and workload.prefix_len >= 1 when there are "
+            f"prefixes, got num_prefixes={num_prefixes}, prefix_len={prefix_len}"
+        )
     rng = np.random.default_rng(seed)
     arr = _as(Arrival, arrival)
     times = arrival_times(arr.process, max_requests, arr.rate, arr.cv, rng)

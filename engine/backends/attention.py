@@ -94,7 +94,7 @@ class AttentionBackend:
         if dtype not in DTYPES:
             raise KvbenchError(f"backend.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if device == "cuda" and not torch.cuda.is_available():
-            raise KvbenchError("backend=attention needs a CUDA GPU; none is visible here")
+            raise KvbenchError(f"backend={self.name} needs a CUDA GPU; none is visible here")
         self.alloc, self.model = allocator, model
         self.device = torch.device(device)
         self.layout = getattr(allocator, "layout", "paged")

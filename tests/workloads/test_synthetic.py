@@ -83,6 +83,10 @@ def test_bad_settings_are_clear_errors():
         synthetic(prompt={"kind": "fixed", "mu": 3})
     with pytest.raises(KvbenchError, match="unknown arrival process"):
         synthetic(arrival={"process": "weibull"})
+    for bad in ({"num_prefixes": 1, "prefix_len": -5}, {"num_prefixes": 1, "prefix_len": 0},
+                {"num_prefixes": -1}):  # fmt: skip
+        with pytest.raises(KvbenchError, match=r"workload\.prefix_len >= 1"):
+            synthetic(**bad)
 
 
 def test_embedded_default_is_the_fit_of_the_azure_trace(need_trace):
