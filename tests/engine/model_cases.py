@@ -92,18 +92,43 @@ def reference_model(backend: ModelBackend) -> torch.nn.Module:
 def max_rel_error(backend: ModelBackend, records: list) -> float:
     """The largest relative error (L2, per logits row) of any recorded row against the
     reference of its sequence."""
-    ref_model = reference_model(backend)
+    ref_model, worst = reference_model(backend), 0.0
+    for rows in _by_seq(records).values():
+        longest, first = _span(rows)
+        ref = reference(ref_model, longest, first)
+        worst = max(worst, *(_rel(row, ref[len(ids) - first]) for ids, row in rows))
+    return worst
+
+
+def bf16_floor(backend: ModelBackend, records: list) -> float:
+    """The same measure for transformers' own run of the backend's model in its dtype (SDPA,
+    its own cache) over the recorded sequences: the error the dtype alone makes. It grows with
+    the hidden size."""
+    own = copy.deepcopy(backend.hf)
+    own.set_attn_implementation("sdpa")
+    ref_model, worst = reference_model(backend), 0.0
+    for rows in _by_seq(records).values():
+        longest, first = _span(rows)
+        want, got = reference(ref_model, longest, first), reference(own, longest, first)
+        worst = max(worst, *(_rel(g, w) for g, w in zip(got, want)))
+    return worst
+
+
+def _by_seq(records: list) -> dict[int, list]:
     by_seq: dict[int, list] = {}
     for sid, ids, row in records:
         by_seq.setdefault(sid, []).append((ids, row))
-    worst = 0.0
-    for rows in by_seq.values():
-        longest = max((ids for ids, _ in rows), key=len)
-        first = min(len(ids) for ids, _ in rows)
-        ref = reference(ref_model, longest, first)
-        for ids, row in rows:
-            assert np.array_equal(ids, longest[: len(ids)]), "a sequence changed its tokens"
-            want = ref[len(ids) - first]
-            err = float((row - want).norm() / want.norm())
-            worst = max(worst, err if err == err else float("inf"))  # NaN fails
-    return worst
+    return by_seq
+
+
+def _span(rows: list) -> tuple[np.ndarray, int]:
+    """A sequence's longest recorded ids and its shortest recorded length."""
+    longest = max((ids for ids, _ in rows), key=len)
+    for ids, _ in rows:
+        assert np.array_equal(ids, longest[: len(ids)]), "a sequence changed its tokens"
+    return longest, min(len(ids) for ids, _ in rows)
+
+
+def _rel(row: torch.Tensor, want: torch.Tensor) -> float:
+    err = float((row - want).norm() / want.norm())
+    return err if err == err else float("inf")  # NaN fails

