@@ -3,7 +3,8 @@
     Run.record     summary.json's fields + leaves of config.yaml ("workload.arrival.rate")
     Run.setup      hash of the config without presentation keys and without the leaves its
                    sweep varies: equal for every job of one sweep, different for a sweep run
-                   with another budget, model, workload size...
+                   with another budget, model, workload size... Runs of backends that time
+                   their card count the card they ran on, not a sim profile (`backend/gpu=`)
     Run.incomplete "incomplete: N of M jobs missing" when the sweeps of its setup launched
                    more jobs than finished under root, else None
 
@@ -27,6 +28,7 @@ from experiments.reference import reference_for, system_of
 from workloads.errors import KvbenchError
 
 LABEL_CHARS = 100  # a setup's label in report headings and figure titles
+TIMED_BACKENDS = ("attention", "model")  # they time the card they run on
 
 
 @dataclass
@@ -63,6 +65,9 @@ def _read(path: Path, root: Path, manifests: dict[Path, sweeps.Sweep | None]) ->
         raise KvbenchError(f"{path}: not a kvbench summary; remove it or the run") from None
     cfg_path = path.parent / "config.yaml"
     config = flatten(OmegaConf.to_container(OmegaConf.load(cfg_path))) if cfg_path.exists() else {}
+    if s.get("backend") in TIMED_BACKENDS:  # a sim profile in its config is unused: the card
+        config = {k: v for k, v in config.items() if not k.startswith("backend.gpu.")}
+        config["backend.card"] = s.get("gpu")
     sweep_dir = path.parent.parent
     if sweep_dir not in manifests:
         manifests[sweep_dir] = sweeps.read_sweep(sweep_dir)

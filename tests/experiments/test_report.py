@@ -3,12 +3,14 @@ jobs named, one job shown once."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from experiments import runs
 from experiments.reference import REFERENCES, reference_for
@@ -44,6 +46,26 @@ def test_setups_are_never_mixed(two_budgets):
     for setup in table.setup.unique():
         assert f"fig2_memory_shares_{setup[:8]}.png" in paths
         assert f"batch_and_memory_over_time_{setup[:8]}.png" in paths
+
+
+def test_timed_backends_are_grouped_by_the_card_they_ran_on(two_budgets, tmp_path):
+    """A model or attention run's `backend/gpu=` is a sim profile it does not use: runs on one
+    card with different profiles are one setup, runs on two cards are two."""
+    src = next((two_budgets / "gib12").rglob("summary.json")).parent
+    for name, card, profile in (("a", "NVIDIA H200", "h100_sxm"), ("b", "NVIDIA H200", "h200"),
+                                ("c", "NVIDIA H100 80GB HBM3", "h200")):  # fmt: skip
+        run = tmp_path / name / "0"
+        shutil.copytree(src, run)
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(backend="model", gpu=card, job_hash=name)
+        (run / "summary.json").write_text(json.dumps(summary))
+        cfg = OmegaConf.load(run / "config.yaml")
+        cfg.backend.gpu.name = profile
+        OmegaConf.save(cfg, run / "config.yaml")
+    setups = {r.name.split("/")[0]: r.setup for r in runs.find_runs(tmp_path)}
+    assert setups["a"] == setups["b"] != setups["c"]
+    sim = {r.setup for r in runs.find_runs(two_budgets / "gib12")}
+    assert len(sim) == 1 and sim.isdisjoint(setups.values())
 
 
 def test_setup_labels_show_file_names_and_say_where_they_are_cut():
