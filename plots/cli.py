@@ -22,16 +22,22 @@ from workloads.errors import KvbenchError, exits_cleanly
 Draw = Callable[[pd.DataFrame, str], plt.Figure]
 
 
-def _latency(table: pd.DataFrame, note: str) -> plt.Figure:
+def _latency(table: pd.DataFrame, note: str, points: pd.DataFrame | None = None) -> plt.Figure:
     from experiments.reference import SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE
 
-    return memory.latency_vs_rate(table, note, SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE)
+    ratios, source = SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE
+    return memory.latency_vs_rate(table, note, ratios, source, points)
+
+
+def _swept_rates(table: pd.DataFrame) -> bool:
+    return bool(table.groupby("system").request_rate.nunique().min() > 1)
 
 
 FIGURES: dict[str, list[tuple[str, Draw]]] = {
     "vllm_fig2": [("fig2_memory_shares", memory.fig2_bars)],
     "block_size": [("block_size", memory.block_size)],
     "request_rate": [("latency_vs_rate", _latency)],
+    "vllm_fig13": [("latency_vs_rate", _latency)],  # where rates were swept
     "mooncake_prefix": [("prefix_hit_rate", memory.hit_rate)],
     "prefix_schemes": [("prefix_schemes", schemes.prefix_schemes)],
     "seq_len": [
@@ -43,7 +49,9 @@ FIGURES: dict[str, list[tuple[str, Draw]]] = {
 }
 
 
-def plot_all(root: Path) -> list[Path]:
+def plot_all(root: Path, points: Path | None = None) -> list[Path]:
+    """Every figure of root's runs; runs under `points` are drawn as crosses over the
+    latency-against-rate lines of their experiment (GPU runs over a sim's curve)."""
     from experiments.report import collect, groups
 
     out = root / "figures"
@@ -54,6 +62,11 @@ def plot_all(root: Path) -> list[Path]:
         suffix = f"_{g.setup.iloc[0][:8]}" if count[exp] > 1 else ""
         note = _note(g)
         for stem, draw in FIGURES.get(exp, []):
+            if draw is _latency:
+                if _swept_rates(g):
+                    pts = _points(points, exp)
+                    paths += save(_latency(g, note, pts), out / f"{stem}{suffix}")
+                continue
             paths += save(draw(g, note), out / f"{stem}{suffix}")
         if exp == "vllm_fig2":
             paths += _timeline(root, g, note, out / f"batch_and_memory_over_time{suffix}")
@@ -66,6 +79,18 @@ def plot_all(root: Path) -> list[Path]:
     if not paths:
         raise KvbenchError(f"{root}: no runs or kernel tables to plot")
     return paths
+
+
+def _points(root: Path | None, experiment: str) -> pd.DataFrame | None:
+    from experiments.report import collect
+
+    if root is None:
+        return None
+    table = collect(root)
+    table = table[table.experiment == experiment]
+    if table.empty:
+        raise KvbenchError(f"{root}: no runs of experiment {experiment} to draw as points")
+    return table
 
 
 def fidelity_table(root: Path) -> pd.DataFrame:
@@ -94,10 +119,12 @@ def _timeline(root: Path, g: pd.DataFrame, note: str, stem: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="kvbench-plot", description=__doc__.splitlines()[0])
     ap.add_argument("dir", type=Path)
+    ap.add_argument("--points", type=Path, help="runs to draw as crosses over the latency lines")
     args = ap.parse_args(argv)
-    if not args.dir.is_dir():
-        raise KvbenchError(f"{args.dir}: not a directory")
-    for p in plot_all(args.dir):
+    for d in (args.dir, args.points):
+        if d is not None and not d.is_dir():
+            raise KvbenchError(f"{d}: not a directory")
+    for p in plot_all(args.dir, args.points):
         print(p)
 
 

@@ -29,7 +29,7 @@ def systems(table: pd.DataFrame) -> list[tuple[str, str]]:
 def wide(table: pd.DataFrame) -> pd.DataFrame:
     """One row per run, one column per metric (and `ref:<metric>` for reference values)."""
     keys = ["system", "label", "rank", "workload", "block_size", "kv_budget_gib", "request_rate"]
-    keys += ["max_num_seqs", "length_scale", "no_reference"]
+    keys += ["max_num_seqs", "length_scale", "no_reference", "backend", "gpu"]
     rows = []
     for run, r in table.groupby("run", sort=False):
         row = {"run": run, **{k: r[k].iloc[0] for k in keys if k in r}}
@@ -148,28 +148,39 @@ def latency_vs_rate(
     note: str = "",
     ratios: dict[str, tuple[float, float]] | None = None,
     source: str = "",
+    points: pd.DataFrame | None = None,
 ) -> plt.Figure:
     """Mean normalized latency against request rate, per system, with each system's
-    sustained rate (requests/s served at the highest offered rate) and, where given, the
-    paper's ratios of vLLM's sustained rate to each baseline's (`ratios`, from `source`)."""
+    sustained rate (requests/s served at the highest offered rate), the rate at which each
+    reaches twice the lowest latency drawn (vLLM's over each baseline's: the paper's "higher
+    request rates at similar latency"), the paper's ratios where given (`ratios`, from
+    `source`), and runs of another backend as crosses over the lines (`points`, a report
+    table: GPU runs over a sim's curve)."""
     w = wide(table).sort_values("request_rate")
     fig, ax = plt.subplots(figsize=(5.6, 3.0))
-    sustained = {}
-    named = dict(systems(w))
+    named, sustained, at_level, colors = dict(systems(w)), {}, {}, {}
+    level = 2 * float(w.mean_normalized_latency_s.min())
     for system, label in named.items():
         g = w[w.system == system]
         (line,) = ax.plot(
             g.request_rate, g.mean_normalized_latency_s, marker="o", ms=3, label=label
         )
+        colors[system] = line.get_color()
         sustained[system] = float(g.request_throughput_per_s.iloc[-1])
+        at_level[system] = rate_at_latency(g.request_rate, g.mean_normalized_latency_s, level)
         ax.axvline(sustained[system], color=line.get_color(), ls=":", lw=0.8)
-    lines = ["dotted: rate each system sustains", "vLLM's sustained rate over Orca's:"]
+    lines = ["dotted: rate each system sustains", "vLLM's rate over Orca's: sustained",
+             f"| at {1e3 * level:.0f} ms/token (2x the lowest)"]  # fmt: skip
     for base, (lo, hi) in (ratios or {}).items():
         if "paged" in sustained and base in sustained:
+            both = at_level.get("paged"), at_level.get(base)
+            equal = f"{both[0] / both[1]:.2f}x" if both[0] and both[1] else "-"
             ratio = sustained["paged"] / sustained[base]
-            lines.append(f"{named[base]}: {ratio:.2f}x (paper {lo:g}-{hi:g}x)")
+            lines.append(f"{named[base]}: {ratio:.2f}x | {equal} (paper {lo:g}-{hi:g}x)")
     if source:
         lines.append(f"paper: {source}")
+    if points is not None:
+        lines.insert(0, "crosses: " + _overlay(ax, wide(points), named, colors))
     ax.set_xlabel("request rate (requests/s)")
     ax.set_ylabel("normalized latency (s/token)")
     ax.set_yscale("log")
@@ -177,6 +188,27 @@ def latency_vs_rate(
     ax.text(1.02, 0.0, "\n".join(lines), transform=ax.transAxes, fontsize=6, va="bottom")
     ax.set_title(title(f"Latency against request rate ({describe(table)})", note))
     return fig
+
+
+def rate_at_latency(rate: pd.Series, latency: pd.Series, level: float) -> float | None:
+    """The rate at which a latency curve (sorted by rate) first exceeds `level`, interpolated
+    on log latency; None where it never does or starts above it."""
+    r, lat = np.asarray(rate, float), np.asarray(latency, float)
+    above = np.flatnonzero(lat > level)
+    if not len(above) or above[0] == 0:
+        return None
+    i = above[0]
+    t = (np.log(level) - np.log(lat[i - 1])) / (np.log(lat[i]) - np.log(lat[i - 1]))
+    return float(r[i - 1] + t * (r[i] - r[i - 1]))
+
+
+def _overlay(ax, w: pd.DataFrame, named: dict[str, str], colors: dict[str, str]) -> str:
+    """Crosses for the runs in `w` of the systems drawn; returns what they are."""
+    for system, g in w.groupby("system"):
+        if system in named:
+            ax.plot(g.request_rate, g.mean_normalized_latency_s, "x", ms=5, mew=1.2,
+                    color=colors[system])  # fmt: skip
+    return ", ".join(sorted({f"{b} runs on {c}" for b, c in zip(w.backend, w.gpu)}))
 
 
 def hit_rate(table: pd.DataFrame, note: str = "") -> plt.Figure:

@@ -3,6 +3,7 @@ kernel shapes kept apart."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,37 @@ def test_latency_legend_stays_off_the_curves_and_shows_the_paper(table):
     assert not boxes_overlap(ax.get_legend().get_window_extent(r), ax.get_window_extent(r))
     text = " ".join(t.get_text() for t in ax.texts)
     assert "(paper 1.7-2.7x)" in text and "(paper 2.7-8x)" in text
+
+
+def test_rate_at_latency_interpolates_on_log_latency():
+    rate, lat = pd.Series([1.0, 2.0, 3.0]), pd.Series([0.01, 0.01, 0.04])
+    assert memory.rate_at_latency(rate, lat, 0.02) == pytest.approx(2.5)
+    assert memory.rate_at_latency(rate, lat, 0.05) is None  # never reached
+    assert memory.rate_at_latency(rate, lat, 0.005) is None  # above it from the start
+
+
+def test_gpu_points_over_the_calibrated_sim_curve(tmp_path):
+    """The committed GPU rate points drawn over the sim runs of the same setups (kvbench-plot
+    --points): one cross per GPU run, in its system's colour, and said what they are."""
+    from plots.cli import main
+
+    gpu = REFERENCE / "model_h200" / "paper_gpu"
+    sim = tmp_path / "sim"
+    for d in (gpu / "rate_curve_100_sim").iterdir():
+        if d.is_dir() and d.name != "figures":
+            shutil.copytree(d, sim / d.name)
+    main([str(sim), "--points", str(gpu / "rate_curve_100")])
+    assert (sim / "figures" / "latency_vs_rate.png").exists()
+    fig = memory.latency_vs_rate(collect(sim), points=collect(gpu / "rate_curve_100"))
+    (ax,) = fig.axes
+    crosses = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
+    lines = {ln.get_label(): ln.get_color() for ln in ax.get_lines() if ln.get_marker() == "o"}
+    assert sum(len(ln.get_xdata()) for ln in crosses) == 13
+    assert {ln.get_color() for ln in crosses} == set(lines.values())
+    assert "crosses: model runs on NVIDIA H200" in " ".join(t.get_text() for t in ax.texts)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(sim), "--points", str(tmp_path / "missing")])
+    assert exit_.value.code == 2
 
 
 def test_titles_say_whether_the_numbers_are_simulated_and_on_which_card(table):
