@@ -32,7 +32,7 @@ from engine.models import model_spec
 from experiments import identity, job, results, systems
 from experiments.calibrate_grid import Driver, Point, run_grid
 from experiments.calibrate_runs import add_steps
-from workloads.errors import KvbenchError
+from workloads.errors import KvbenchError, number
 
 GRID = {  # flag: (default, help)
     "decode_batches": ("1,2,4,8,16,32,64,128,256", "decode batch sizes"),
@@ -128,7 +128,7 @@ def calibrate(args: argparse.Namespace) -> tuple[StepProfile, Path, list[str]]:
     cfg = compose(args.overrides)
     spec = model_spec(cfg.model.name)
     alloc_cfg, _ = systems.split(cfg.allocator)
-    budget = identity.number("kv_budget_gib", cfg.kv_budget_gib)
+    budget = number("kv_budget_gib", cfg.kv_budget_gib)
     if not (np.isfinite(budget) and budget > 0):
         raise KvbenchError(f"kv_budget_gib must be > 0 and finite, got {budget}")
     num_slots = spec.kv_capacity_slots(budget)

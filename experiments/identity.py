@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from workloads.errors import KvbenchError
+from workloads.errors import KvbenchError, integer, number
 from workloads.registry import TRACES, sha256_of
 
 PRESENTATION_KEYS = ("progress", "sweep_name")
@@ -57,21 +57,6 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(normalized(cfg))
     assert isinstance(plain, dict)
     return {str(k): v for k, v in plain.items() if k not in PRESENTATION_KEYS}
-
-
-def integer(key: str, value: Any) -> int:
-    """An int, or a string of digits (Hydra reads `seed=01` as the string '01')."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value)
-    raise KvbenchError(f"{key} must be an integer, got {value!r}")
-
-
-def number(key: str, value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise KvbenchError(f"{key} must be a number, got {value!r}")
 
 
 def inputs(workload: dict[str, Any]) -> dict[str, str | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import TypeVar
+from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -22,6 +22,21 @@ class InputError(KvbenchError):
         what = f", field {field!r}" if field else ""
         super().__init__(f"{where}{what}: {message}")
         self.path, self.row, self.field = path, row, field
+
+
+def integer(key: str, value: Any) -> int:
+    """An int, or a string of digits (Hydra reads `seed=01` as the string '01')."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise KvbenchError(f"{key} must be an integer, got {value!r}")
+
+
+def number(key: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise KvbenchError(f"{key} must be a number, got {value!r}")
 
 
 def exits_cleanly(main: F) -> F:

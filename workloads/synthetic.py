@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from workloads.errors import KvbenchError
+from workloads.errors import KvbenchError, integer, number
 from workloads.request import Request, Workload, clip_lengths
 from workloads.tokens import SYSTEM, UNIQUE
 
@@ -119,7 +119,12 @@ def synthetic(
         length_scale: every drawn length and the prefix length are multiplied by this
             (rounded, at least 1) before clipping: the seq_len sweep.
     """
-    if max_requests is None or max_requests < 1:
+    max_requests, num_prefixes, prefix_len, n, beam_width = (
+        integer(f"workload.{key}", value)
+        for key, value in (("max_requests", max_requests), ("num_prefixes", num_prefixes),
+                           ("prefix_len", prefix_len), ("n", n), ("beam_width", beam_width))
+    )  # fmt: skip
+    if max_requests < 1:
         raise KvbenchError(f"workload.max_requests must be >= 1, got {max_requests}")
     check_length_scale(length_scale)
     if num_prefixes < 0 or prefix_len < 0 or (num_prefixes > 0 and prefix_len < 1):
@@ -129,6 +134,8 @@ def synthetic(
         )
     rng = np.random.default_rng(seed)
     arr = _as(Arrival, arrival)
+    for key in ("rate", "cv"):
+        number(f"workload.arrival.{key}", getattr(arr, key))
     times = arrival_times(arr.process, max_requests, arr.rate, arr.cv, rng)
     prompts, outputs = _lengths(rng, max_requests, prompt, output, lengths_from)
     prompts, outputs = scale_lengths(prompts, length_scale), scale_lengths(outputs, length_scale)

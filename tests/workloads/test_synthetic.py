@@ -87,6 +87,12 @@ def test_bad_settings_are_clear_errors():
                 {"num_prefixes": -1}):  # fmt: skip
         with pytest.raises(KvbenchError, match=r"workload\.prefix_len >= 1"):
             synthetic(**bad)
+    for key, value in (("prefix_len", "abc"), ("max_requests", 1.5), ("n", None)):
+        with pytest.raises(KvbenchError, match=rf"workload\.{key} must be an integer"):
+            synthetic(num_prefixes=1, **{key: value})
+    with pytest.raises(KvbenchError, match=r"workload\.arrival\.rate must be a number"):
+        synthetic(arrival={"rate": "abc"})
+    assert synthetic(max_requests="3").requests[2].req_id == 2  # Hydra reads 03 as a string
 
 
 def test_embedded_default_is_the_fit_of_the_azure_trace(need_trace):
