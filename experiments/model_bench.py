@@ -146,9 +146,13 @@ def run_generate_batch(hf, reqs: list[Request], vocab: int) -> dict:
     return dict(tokens=tokens, wall_s=wall, requests=len(outputs))
 
 
-def decode_step(hf, spec: ModelSpec, batch: int, context: int, steps: int = 20) -> dict:
-    """Median decode step (graph replay) of `batch` sequences holding `context` tokens."""
+def decode_step(
+    hf, spec: ModelSpec, batch: int, context: int, steps: int = 20, fused_ops: bool = False
+) -> dict:
+    """Median decode step (graph replay) of `batch` sequences holding `context` tokens; with
+    `fused_ops`, the backend's fused elementwise kernels (the model is left unfused after)."""
     from engine.backends.base import StepBatch
+    from engine.backends.fused_layers import unfuse
     from engine.backends.model import ModelBackend
     from engine.sequence import Seq
     from workloads.tokens import GENERATED, UNIQUE, Tokens
@@ -163,8 +167,9 @@ def decode_step(hf, spec: ModelSpec, batch: int, context: int, steps: int = 20) 
     for s in seqs:
         alloc.allocate(s, s.prompt_len)
     backend = ModelBackend(
-        spec, alloc, max_seq_len=final, max_num_seqs=batch, hf_model=hf, config=hf.config
-    )
+        spec, alloc, max_seq_len=final, max_num_seqs=batch, hf_model=hf, config=hf.config,
+        fused_ops=fused_ops,
+    )  # fmt: skip
     backend.pool.k.normal_()
     backend.pool.v.normal_()
     backend.capture_graphs()
@@ -176,6 +181,7 @@ def decode_step(hf, spec: ModelSpec, batch: int, context: int, steps: int = 20) 
             wall.append(dt)
             kernel.append(backend.last_kernel_s)
     del backend  # the pools and graphs (they reference each other: collected below)
+    unfuse(hf)
     _free()
     return dict(step_s=float(np.median(wall)), kernel_s=float(np.median(kernel)))
 
@@ -238,13 +244,14 @@ def kvbench_rows(
 
 def decode_rows(rows: Rows, hf, spec: ModelSpec, bw: float, shape: tuple[int, int]) -> None:
     batch, context = shape
-    d = decode_step(hf, spec, batch, context)
     floor = (spec.weight_bytes + batch * context * spec.kv_bytes_per_token) / bw
-    name = f"decode_b{batch}_l{context}"
-    rows.put(f"{name}_step_ms", 1e3 * d["step_s"], "ms")
-    rows.put(f"{name}_kernel_ms", 1e3 * d["kernel_s"], "ms")
-    rows.put(f"{name}_floor_ms", 1e3 * floor, "ms (weights+KV / copy bw)")
-    rows.put(f"{name}_vs_floor", d["step_s"] / floor, "x")
+    rows.put(f"decode_b{batch}_l{context}_floor_ms", 1e3 * floor, "ms (weights+KV / copy bw)")
+    for fused in (False, True):  # backend.fused_ops
+        d = decode_step(hf, spec, batch, context, fused_ops=fused)
+        name = f"decode_b{batch}_l{context}" + ("_fused_ops" if fused else "")
+        rows.put(f"{name}_step_ms", 1e3 * d["step_s"], "ms")
+        rows.put(f"{name}_kernel_ms", 1e3 * d["kernel_s"], "ms")
+        rows.put(f"{name}_vs_floor", d["step_s"] / floor, "x")
 
 
 def markdown(rows: list[tuple[str, float, str]], header: str) -> str:

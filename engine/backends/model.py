@@ -33,6 +33,7 @@ import torch
 from allocators.base import KVAllocator, cdiv
 from engine.backends.attention import AttentionBackend, _Batch
 from engine.backends.base import StepBatch
+from engine.backends.fused_layers import fuse, unfuse
 from engine.backends.hf_model import StepContext, build_model
 from engine.backends.model_graphs import ModelGraphs
 from engine.models import ModelSpec, hf_config
@@ -51,6 +52,7 @@ class ModelBackend(AttentionBackend):
         device: str = "cuda",
         graphs: bool = True,
         mixed_graphs: bool = True,
+        fused_ops: bool = False,
         max_seq_len: int | None = None,
         max_num_seqs: int = 256,
         graph_splits: int | None = None,
@@ -67,6 +69,9 @@ class ModelBackend(AttentionBackend):
                 vattention's virtual rows).
             mixed_graphs: with `graphs`, steps with prefills replay graphs too (False: they
                 run eagerly, kernel by kernel, as before graphs covered them).
+            fused_ops: Llama RMSNorms and SiLU MLP activations run as one kernel each
+                (engine/backends/fused_layers.py); False: transformers' eager ops. It sets
+                the state of a shared `hf_model` either way.
             init_std: standard deviation of the random weights.
             config: a transformers config (default: the `model=` preset's); its shapes must
                 be the ModelSpec's.
@@ -83,6 +88,7 @@ class ModelBackend(AttentionBackend):
         self.hf = hf_model if hf_model is not None else build_model(
             cfg, self.dtype, self.device, init_std, seed
         )  # fmt: skip
+        (fuse if fused_ops else unfuse)(self.hf)
         self.body = self.hf.base_model  # the decoder without lm_head
         head = self.hf.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, head.bias  # [vocab, hidden]

@@ -94,6 +94,25 @@ def test_steps_match_transformers(name, graphs):
         assert sorted(backend.graphs.mixed) == [(0, 64), (8, 64)]
 
 
+def test_fused_ops_match_transformers_and_come_off_again():
+    """fused_ops swaps every RMSNorm and MLP forward of the decoder for kernel-backed ones
+    with the same logits; a backend without it on the same model swaps them back."""
+    from engine.backends.fused_layers import FUSED
+
+    backend = backend_for(PagedAllocator(60, 4), fused_ops=True)
+    swapped = [m for m in backend.hf.modules() if "forward" in m.__dict__]
+    assert {type(m).__name__ for m in swapped} == set(FUSED)
+    assert len(swapped) == 3 * backend.hf.config.num_hidden_layers + 1
+    rec = Recorder(backend)
+    run_scenario(backend)
+    assert max_rel_error(backend, rec.records) < TOL
+    again = ModelBackend(
+        backend.model, PagedAllocator(60, 4), "float32", device="cpu",
+        config=backend.hf.config, hf_model=backend.hf,
+    )  # fmt: skip
+    assert not any("forward" in m.__dict__ for m in again.hf.modules())
+
+
 def test_prefix_hit_computes_only_the_new_tokens():
     backend = backend_for(PrefixAllocator(60, 4))
     a, b = seq(1, 10, 4, shared=8), seq(2, 9, 4, shared=8)

@@ -97,6 +97,14 @@ def test_vattention_maps_pages_for_the_model():
     backend.close()
 
 
+def test_fused_ops_with_graphs():
+    """fused_ops' kernels inside captured decode and mixed graphs, with forks and swaps."""
+    backend = small(alloc=PagedAllocator(90, 16), fused_ops=True)
+    result, rec = run_engine(backend, "swap")
+    assert result.num_preemptions > 0 and backend.graphs.graphs and backend.graphs.mixed
+    assert max_rel_error(backend, rec.records) < TOL
+
+
 def test_opt_with_graphs():
     backend = small(opt_config(hidden=1024, heads=8), PagedAllocator(90, 16))
     assert max_rel_error(backend, run_engine(backend, "recompute")[1].records) < TOL
