@@ -25,10 +25,10 @@ from omegaconf import OmegaConf
 from engine.backends.profile import StepProfile
 from engine.backends.step_fit import fit_best
 from engine.metrics import FEATURES
+from experiments.identity import TIMED_BACKENDS
 from workloads.errors import KvbenchError
 
 OUTLIER = 3.0
-GPU_BACKENDS = ("model", "attention")
 
 
 def run_dirs(roots: list[Path]) -> list[Path]:
@@ -48,9 +48,9 @@ def _check(run: Path, meta: dict[str, Any]) -> None:
         "card": summary.get("gpu"),
         "dtype": OmegaConf.select(cfg, "backend.dtype") if cfg else None,
     }
-    if have["backend"] not in GPU_BACKENDS:
+    if have["backend"] not in TIMED_BACKENDS:
         raise KvbenchError(f"{run}: backend {have['backend']!r} measured nothing (need "
-                           f"{' or '.join(GPU_BACKENDS)})")  # fmt: skip
+                           f"{' or '.join(TIMED_BACKENDS)})")  # fmt: skip
     for field in ("model", "card", "dtype"):
         if have[field] != meta[field]:
             raise KvbenchError(

@@ -23,10 +23,9 @@ import pandas as pd
 from engine.backends.profile import load_profile
 from engine.backends.step_fit import fit_best
 from experiments import runs as runs_mod
-from experiments.identity import PRESENTATION_KEYS, digest
+from experiments.identity import PRESENTATION_KEYS, TIMED_BACKENDS, digest
 from workloads.errors import KvbenchError
 
-MEASURED_BACKENDS = ("model", "attention")
 METRICS = {  # name: (label, unit, target)
     "throughput_tokens_per_s": ("throughput", "tokens/s", 0.05),
     "mean_ttft_s": ("mean TTFT", "s", 0.10),
@@ -71,7 +70,7 @@ def pairs(root: Path) -> list[tuple[runs_mod.Run, runs_mod.Run]]:
     predicted: dict[str, runs_mod.Run] = {}
     for run in found:
         rec = run.record
-        if rec.get("backend") in MEASURED_BACKENDS:
+        if rec.get("backend") in TIMED_BACKENDS:
             measured.setdefault(_key(run), run)
         elif rec.get("backend") == "sim" and rec.get("kernel") == "profile":
             predicted.setdefault(_key(run), run)

@@ -27,6 +27,7 @@ from workloads.errors import KvbenchError, integer, number
 from workloads.registry import TRACES, sha256_of
 
 PRESENTATION_KEYS = ("progress", "sweep_name")
+TIMED_BACKENDS = ("model", "attention")  # backends that time the card they run on
 INPUT_KEYS = ("path", "source", "lengths_from")
 
 

@@ -23,12 +23,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from experiments import sweeps, systems
-from experiments.identity import PRESENTATION_KEYS, digest
+from experiments.identity import PRESENTATION_KEYS, TIMED_BACKENDS, digest
 from experiments.reference import reference_for, system_of
 from workloads.errors import KvbenchError
 
 LABEL_CHARS = 100  # a setup's label in report headings and figure titles
-TIMED_BACKENDS = ("attention", "model")  # they time the card they run on
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Run:
     name: str  # path of its directory under root
     path: Path
     record: dict[str, Any]
-    config: dict[str, Any]  # flat leaves of config.yaml
+    config: dict[str, Any]  # flat leaves of config.yaml (timed backends: see _read)
     sweep: sweeps.Sweep | None
     setup: str = ""
     setup_config: dict[str, Any] | None = None  # config leaves the setup hash covers
@@ -91,8 +90,8 @@ def find_runs(root: Path) -> list[Run]:
     manifests: dict[Path, sweeps.Sweep | None] = {}
     runs: dict[str, Run] = {}
     for path in sorted(root.rglob("summary.json")):
-        run = _read(path, root, manifests)
-        runs.setdefault(run.record["job_hash"], run)
+        run = _read(path, root, manifests)  # one job run on two cards is two runs
+        runs.setdefault(f"{run.record['job_hash']} {run.config.get('backend.card', '')}", run)
     found = list(runs.values())
     _set_setups(found)
     _set_completeness(found)
@@ -103,6 +102,7 @@ def find_runs(root: Path) -> list[Run]:
 def _varied(members: list[Run]) -> set[str]:
     keys = {k for r in members for k in r.config}
     varied = {k for k in keys if len({repr(r.config.get(k)) for r in members}) > 1}
+    varied.discard("backend.card")  # a sweep resumed on another card is two setups
     sweep = members[0].sweep
     swept = sweep.swept if sweep else []
     return varied | {k for k in keys for s in swept if k == s or k.startswith(s + ".")}

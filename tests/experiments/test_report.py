@@ -50,22 +50,30 @@ def test_setups_are_never_mixed(two_budgets):
 
 def test_timed_backends_are_grouped_by_the_card_they_ran_on(two_budgets, tmp_path):
     """A model or attention run's `backend/gpu=` is a sim profile it does not use: runs on one
-    card with different profiles are one setup, runs on two cards are two."""
+    card with different profiles are one setup; one job run on two cards is two runs of two
+    setups, also within one sweep."""
     src = next((two_budgets / "gib12").rglob("summary.json")).parent
-    for name, card, profile in (("a", "NVIDIA H200", "h100_sxm"), ("b", "NVIDIA H200", "h200"),
-                                ("c", "NVIDIA H100 80GB HBM3", "h200")):  # fmt: skip
+    for name, card, profile, job in (("a", "NVIDIA H200", "h100_sxm", "x"),
+                                     ("b", "NVIDIA H200", "h200", "y"),
+                                     ("c", "NVIDIA H100 80GB HBM3", "h100_sxm", "x")):  # fmt: skip
         run = tmp_path / name / "0"
         shutil.copytree(src, run)
         summary = json.loads((run / "summary.json").read_text())
-        summary.update(backend="model", gpu=card, job_hash=name)
+        summary.update(backend="model", gpu=card, job_hash=job)
         (run / "summary.json").write_text(json.dumps(summary))
         cfg = OmegaConf.load(run / "config.yaml")
         cfg.backend.gpu.name = profile
         OmegaConf.save(cfg, run / "config.yaml")
     setups = {r.name.split("/")[0]: r.setup for r in runs.find_runs(tmp_path)}
+    assert sorted(setups) == ["a", "b", "c"]
     assert setups["a"] == setups["b"] != setups["c"]
     sim = {r.setup for r in runs.find_runs(two_budgets / "gib12")}
     assert len(sim) == 1 and sim.isdisjoint(setups.values())
+    members = [r for r in runs.find_runs(tmp_path) if r.name != "b/0"]
+    for r in members:  # a and c as two jobs of one sweep
+        r.sweep = runs.sweeps.Sweep(tmp_path, [[], []], ["allocator"])
+    runs._set_setups(members)
+    assert members[0].setup != members[1].setup
 
 
 def test_setup_labels_show_file_names_and_say_where_they_are_cut():
