@@ -30,7 +30,7 @@ def _latency(table: pd.DataFrame, note: str, points: pd.DataFrame | None = None)
 
 
 def _swept_rates(table: pd.DataFrame) -> bool:
-    return bool(table.groupby("system").request_rate.nunique().min() > 1)
+    return bool(table.groupby("system").request_rate.nunique().max() > 1)
 
 
 FIGURES: dict[str, list[tuple[str, Draw]]] = {
@@ -50,26 +50,29 @@ FIGURES: dict[str, list[tuple[str, Draw]]] = {
 
 
 def plot_all(root: Path, points: Path | None = None) -> list[Path]:
-    """Every figure of root's runs; runs under `points` are drawn as crosses over the
-    latency-against-rate lines of their experiment (GPU runs over a sim's curve)."""
+    """Every figure of root's runs; runs under `points` of the same setup (outside
+    `backend.*`) are drawn as crosses over the latency-against-rate lines (GPU runs over a
+    sim's curve)."""
     from experiments.report import collect, groups
 
     out = root / "figures"
     paths: list[Path] = []
     found = groups(collect(root)) if any(root.rglob("summary.json")) else []
     count = Counter(exp for exp, _, _ in found)
+    overlay = Overlay(root, points) if points is not None else None
     for exp, _, g in found:
         suffix = f"_{g.setup.iloc[0][:8]}" if count[exp] > 1 else ""
         note = _note(g)
         for stem, draw in FIGURES.get(exp, []):
-            if draw is _latency:
-                if _swept_rates(g):
-                    pts = _points(points, exp)
-                    paths += save(_latency(g, note, pts), out / f"{stem}{suffix}")
-                continue
-            paths += save(draw(g, note), out / f"{stem}{suffix}")
+            if draw is not _latency:
+                paths += save(draw(g, note), out / f"{stem}{suffix}")
+            elif _swept_rates(g):
+                pts = overlay.matching(g) if overlay is not None else None
+                paths += save(_latency(g, note, pts), out / f"{stem}{suffix}")
         if exp == "vllm_fig2":
             paths += _timeline(root, g, note, out / f"batch_and_memory_over_time{suffix}")
+    if overlay is not None and not overlay.used:
+        raise KvbenchError(f"{points}: no runs of the setup of a latency figure of {root}")
     fid = fidelity_table(root)
     if not fid.empty:
         paths += save(fidelity.predicted_vs_measured(fid), out / "fidelity")
@@ -81,16 +84,26 @@ def plot_all(root: Path, points: Path | None = None) -> list[Path]:
     return paths
 
 
-def _points(root: Path | None, experiment: str) -> pd.DataFrame | None:
-    from experiments.report import collect
+class Overlay:
+    """Runs under `points` to draw over root's latency figures: those of a figure's setup."""
 
-    if root is None:
-        return None
-    table = collect(root)
-    table = table[table.experiment == experiment]
-    if table.empty:
-        raise KvbenchError(f"{root}: no runs of experiment {experiment} to draw as points")
-    return table
+    def __init__(self, root: Path, points: Path) -> None:
+        from experiments.runs import find_runs
+
+        self.setups = {r.setup: r.setup_config or {} for r in find_runs(root)}
+        self.runs = find_runs(points)
+        self.used = False
+
+    def matching(self, g: pd.DataFrame) -> pd.DataFrame | None:
+        want = self.setups[g.setup.iloc[0]]
+        keys = [k for k in want if not k.startswith("backend.")]
+        same = [r.record for r in self.runs
+                if all(r.config.get(k, _MISSING) == want[k] for k in keys)]  # fmt: skip
+        self.used |= bool(same)
+        return pd.DataFrame(same) if same else None
+
+
+_MISSING = object()
 
 
 def fidelity_table(root: Path) -> pd.DataFrame:

@@ -154,8 +154,8 @@ def latency_vs_rate(
     sustained rate (requests/s served at the highest offered rate), the rate at which each
     reaches twice the lowest latency drawn (vLLM's over each baseline's: the paper's "higher
     request rates at similar latency"), the paper's ratios where given (`ratios`, from
-    `source`), and runs of another backend as crosses over the lines (`points`, a report
-    table: GPU runs over a sim's curve)."""
+    `source`), and runs of another backend as crosses over the lines (`points`: summary
+    records of the same setup, e.g. GPU runs over a sim's curve)."""
     w = wide(table).sort_values("request_rate")
     fig, ax = plt.subplots(figsize=(5.6, 3.0))
     named, sustained, at_level, colors = dict(systems(w)), {}, {}, {}
@@ -169,18 +169,10 @@ def latency_vs_rate(
         sustained[system] = float(g.request_throughput_per_s.iloc[-1])
         at_level[system] = rate_at_latency(g.request_rate, g.mean_normalized_latency_s, level)
         ax.axvline(sustained[system], color=line.get_color(), ls=":", lw=0.8)
-    lines = ["dotted: rate each system sustains", "vLLM's rate over Orca's: sustained",
-             f"| at {1e3 * level:.0f} ms/token (2x the lowest)"]  # fmt: skip
-    for base, (lo, hi) in (ratios or {}).items():
-        if "paged" in sustained and base in sustained:
-            both = at_level.get("paged"), at_level.get(base)
-            equal = f"{both[0] / both[1]:.2f}x" if both[0] and both[1] else "-"
-            ratio = sustained["paged"] / sustained[base]
-            lines.append(f"{named[base]}: {ratio:.2f}x | {equal} (paper {lo:g}-{hi:g}x)")
-    if source:
-        lines.append(f"paper: {source}")
+    lines = ["dotted: rate each system sustains", *_ratio_lines(named, sustained, at_level,
+             level, ratios or {}, source)]  # fmt: skip
     if points is not None:
-        lines.insert(0, "crosses: " + _overlay(ax, wide(points), named, colors))
+        lines.insert(0, "crosses: " + _overlay(ax, points, colors))
     ax.set_xlabel("request rate (requests/s)")
     ax.set_ylabel("normalized latency (s/token)")
     ax.set_yscale("log")
@@ -188,6 +180,26 @@ def latency_vs_rate(
     ax.text(1.02, 0.0, "\n".join(lines), transform=ax.transAxes, fontsize=6, va="bottom")
     ax.set_title(title(f"Latency against request rate ({describe(table)})", note))
     return fig
+
+
+def _ratio_lines(
+    named: dict[str, str], sustained: dict[str, float], at_level: dict[str, float | None],
+    level: float, ratios: dict[str, tuple[float, float]], source: str,
+) -> list[str]:  # fmt: skip
+    """vLLM's sustained rate and its rate at `level` over each baseline's, beside the paper's."""
+    lines = []
+    for base, (lo, hi) in ratios.items():
+        if "paged" in sustained and base in sustained:
+            up, down = at_level.get("paged"), at_level.get(base)
+            equal = f"{up / down:.2f}x" if up and down and np.isfinite(up / down) else "-"
+            ratio = sustained["paged"] / sustained[base]
+            lines.append(f"{named[base]}: {ratio:.2f}x | {equal} (paper {lo:g}-{hi:g}x)")
+    if lines:
+        head = f"vLLM's rate over Orca's: sustained | at {1e3 * level:.0f} ms/token (2x lowest)"
+        lines.insert(0, head)
+    if source:
+        lines.append(f"paper: {source}")
+    return lines
 
 
 def rate_at_latency(rate: pd.Series, latency: pd.Series, level: float) -> float | None:
@@ -202,13 +214,15 @@ def rate_at_latency(rate: pd.Series, latency: pd.Series, level: float) -> float 
     return float(r[i - 1] + t * (r[i] - r[i - 1]))
 
 
-def _overlay(ax, w: pd.DataFrame, named: dict[str, str], colors: dict[str, str]) -> str:
-    """Crosses for the runs in `w` of the systems drawn; returns what they are."""
-    for system, g in w.groupby("system"):
-        if system in named:
-            ax.plot(g.request_rate, g.mean_normalized_latency_s, "x", ms=5, mew=1.2,
-                    color=colors[system])  # fmt: skip
-    return ", ".join(sorted({f"{b} runs on {c}" for b, c in zip(w.backend, w.gpu)}))
+def _overlay(ax, records: pd.DataFrame, colors: dict[str, str]) -> str:
+    """Crosses for the records of the systems drawn; returns what they are."""
+    drawn = records[records.system.isin(list(colors))]
+    for system, g in drawn.groupby("system"):
+        g = g.sort_values("request_rate")
+        ax.plot(g.request_rate, g.mean_normalized_latency_s, "x", ms=5, mew=1.2,
+                color=colors[system])  # fmt: skip
+    what = sorted({source(r) for _, r in drawn.iterrows()})
+    return f"{', '.join(what)} ({len(drawn)} runs)"
 
 
 def hit_rate(table: pd.DataFrame, note: str = "") -> plt.Figure:

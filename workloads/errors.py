@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import numbers
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -25,18 +28,20 @@ class InputError(KvbenchError):
 
 
 def integer(key: str, value: Any) -> int:
-    """An int, or a string of digits (Hydra reads `seed=01` as the string '01')."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    """An integer (numpy's too), or a string of one (Hydra reads `seed=01` as '01')."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value.strip())
     raise KvbenchError(f"{key} must be an integer, got {value!r}")
 
 
 def number(key: str, value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A finite real number (numpy's too)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
-    raise KvbenchError(f"{key} must be a number, got {value!r}")
+    raise KvbenchError(f"{key} must be a finite number, got {value!r}")
 
 
 def exits_cleanly(main: F) -> F:

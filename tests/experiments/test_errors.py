@@ -17,9 +17,9 @@ from tests.experiments.test_cli import KVBENCH, ROOT, SMALL, assert_one_line_err
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("kv_budget_gib=abc", "kv_budget_gib must be a number, got 'abc'"),
-        ("kv_budget_gib=inf", "kv_budget_gib must be > 0 and finite"),
-        ("kv_budget_gib=nan", "kv_budget_gib must be > 0 and finite"),
+        ("kv_budget_gib=abc", "kv_budget_gib must be a finite number, got 'abc'"),
+        ("kv_budget_gib=inf", "kv_budget_gib must be a finite number, got inf"),
+        ("kv_budget_gib=nan", "kv_budget_gib must be a finite number, got nan"),
         ("kv_budget_gib=1e6", "more than this workload can ever use"),
         ("kv_budget_gib=1e12", "more than this workload can ever use"),
         ("seed=abc", "seed must be an integer"),

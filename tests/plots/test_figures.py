@@ -12,6 +12,7 @@ from matplotlib.lines import Line2D
 
 from experiments.reference import SUSTAINED_RATE_RATIOS, SUSTAINED_RATE_SOURCE
 from experiments.report import collect, groups
+from experiments.runs import find_runs
 from plots import memory
 from plots.kernels import NAMES, kernel_bandwidth
 
@@ -72,13 +73,23 @@ def test_gpu_points_over_the_calibrated_sim_curve(tmp_path):
             shutil.copytree(d, sim / d.name)
     main([str(sim), "--points", str(gpu / "rate_curve_100")])
     assert (sim / "figures" / "latency_vs_rate.png").exists()
-    fig = memory.latency_vs_rate(collect(sim), points=collect(gpu / "rate_curve_100"))
+    records = pd.DataFrame([r.record for r in find_runs(gpu / "rate_curve_100")])
+    fig = memory.latency_vs_rate(collect(sim), points=records)
     (ax,) = fig.axes
     crosses = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
     lines = {ln.get_label(): ln.get_color() for ln in ax.get_lines() if ln.get_marker() == "o"}
     assert sum(len(ln.get_xdata()) for ln in crosses) == 13
     assert {ln.get_color() for ln in crosses} == set(lines.values())
-    assert "crosses: model runs on NVIDIA H200" in " ".join(t.get_text() for t in ax.texts)
+    text = " ".join(t.get_text() for t in ax.texts)
+    assert "crosses: NVIDIA H200, model backend (13 runs)" in text
+    longer = tmp_path / "longer"  # another workload size: no cross may be drawn over it
+    for d in sim.iterdir():
+        if d.is_dir() and d.name != "figures":
+            shutil.copytree(d, longer / d.name)
+    for cfg in longer.rglob("config.yaml"):
+        cfg.write_text(cfg.read_text().replace("max_requests: 100", "max_requests: 99"))
+    with pytest.raises(SystemExit):
+        main([str(longer), "--points", str(gpu / "rate_curve_100")])
     with pytest.raises(SystemExit) as exit_:
         main([str(sim), "--points", str(tmp_path / "missing")])
     assert exit_.value.code == 2

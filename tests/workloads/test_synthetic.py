@@ -90,9 +90,12 @@ def test_bad_settings_are_clear_errors():
     for key, value in (("prefix_len", "abc"), ("max_requests", 1.5), ("n", None)):
         with pytest.raises(KvbenchError, match=rf"workload\.{key} must be an integer"):
             synthetic(num_prefixes=1, **{key: value})
-    with pytest.raises(KvbenchError, match=r"workload\.arrival\.rate must be a number"):
+    with pytest.raises(KvbenchError, match=r"workload\.arrival\.rate must be a finite number"):
         synthetic(arrival={"rate": "abc"})
+    with pytest.raises(KvbenchError, match=r"workload\.arrival\.cv must be a finite number"):
+        synthetic(arrival={"cv": float("nan")})
     assert synthetic(max_requests="3").requests[2].req_id == 2  # Hydra reads 03 as a string
+    assert len(synthetic(max_requests=np.int64(4), arrival={"rate": np.float32(2)}).requests) == 4
 
 
 def test_embedded_default_is_the_fit_of_the_azure_trace(need_trace):
