@@ -1,22 +1,28 @@
 """Kernel-backed forwards for a transformers decoder's elementwise modules (the `model`
 backend's `fused_ops`), as vLLM's custom ops and transformers' own kernel hub replace them:
 
-    LlamaRMSNorm   one rms_norm kernel (kernels/norm_act.py) instead of eager ops
-    LlamaMLP       down(silu_mul(gate(x), up(x))): the activation and product as one kernel
+    LlamaRMSNorm          one rms_norm kernel (kernels/elementwise.py) instead of eager ops
+    LlamaMLP              down(silu_mul(gate(x), up(x))): activation and product as one kernel
+    apply_rotary_pos_emb  one rotary kernel per queries and keys, inside `fused_rotary` only
 
 Each swapped module gets an instance attribute `forward` (its class is untouched, so other
 models in the process are not); `unfuse` removes them again (references, baselines). The
-weights and the arithmetic are the module's; the kernels round where the eager ops round.
-Other module classes are left as they are.
+rotary embedding is a module-level function of transformers' Llama code: `fused_rotary`
+swaps it for the duration of one forward (graph captures included), so other Llama models
+of the process - a reference run between steps - keep transformers' own. The weights and
+the arithmetic are the modules'; the kernels round where the eager ops round. Other module
+classes are left as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 
 import torch
 
-from kernels.norm_act import rms_norm, silu_mul
+from kernels.elementwise import rms_norm, rotary, silu_mul
 
 FUSED = ("LlamaRMSNorm", "LlamaMLP")
 
@@ -49,3 +55,25 @@ def unfuse(model: torch.nn.Module) -> None:
     for m in model.modules():
         if type(m).__name__ in FUSED:
             m.__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
+def fused_rotary(model: torch.nn.Module) -> Iterator[None]:
+    """Llama's rotary embedding as kernels while the block runs (other models: no change)."""
+    if getattr(model.config, "model_type", None) != "llama":
+        yield
+        return
+    from transformers.models.llama import modeling_llama
+
+    own = modeling_llama.apply_rotary_pos_emb
+    modeling_llama.apply_rotary_pos_emb = _rotary_pair
+    try:
+        yield
+    finally:
+        modeling_llama.apply_rotary_pos_emb = own
+
+
+def _rotary_pair(q, k, cos, sin, unsqueeze_dim: int = 1):  # type: ignore[no-untyped-def]
+    if unsqueeze_dim != 1:
+        raise ValueError("fused rotary embedding takes [batch, heads, tokens, head_dim]")
+    return rotary(q, cos, sin), rotary(k, cos, sin)

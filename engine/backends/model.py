@@ -24,6 +24,7 @@ kept out of it (or done before the run: `capture_graphs`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from allocators.base import KVAllocator, cdiv
 from engine.backends.attention import AttentionBackend, _Batch
 from engine.backends.base import StepBatch
-from engine.backends.fused_layers import fuse, unfuse
+from engine.backends.fused_layers import fuse, fused_rotary, unfuse
 from engine.backends.hf_model import StepContext, build_model
 from engine.backends.model_graphs import ModelGraphs
 from engine.models import ModelSpec, hf_config
@@ -69,9 +70,9 @@ class ModelBackend(AttentionBackend):
                 vattention's virtual rows).
             mixed_graphs: with `graphs`, steps with prefills replay graphs too (False: they
                 run eagerly, kernel by kernel, as before graphs covered them).
-            fused_ops: Llama RMSNorms and SiLU MLP activations run as one kernel each
-                (engine/backends/fused_layers.py); False: transformers' eager ops. It sets
-                the state of a shared `hf_model` either way.
+            fused_ops: Llama RMSNorms, SiLU MLP activations and rotary embeddings run as
+                one kernel each (engine/backends/fused_layers.py); False: transformers'
+                eager ops. It sets the state of a shared `hf_model` either way.
             init_std: standard deviation of the random weights.
             config: a transformers config (default: the `model=` preset's); its shapes must
                 be the ModelSpec's.
@@ -89,6 +90,7 @@ class ModelBackend(AttentionBackend):
             cfg, self.dtype, self.device, init_std, seed
         )  # fmt: skip
         (fuse if fused_ops else unfuse)(self.hf)
+        self._scope = (lambda: fused_rotary(self.hf)) if fused_ops else contextlib.nullcontext
         self.body = self.hf.base_model  # the decoder without lm_head
         head = self.hf.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, head.bias  # [vocab, hidden]
@@ -122,10 +124,11 @@ class ModelBackend(AttentionBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The model over one packed step: ids/pos [num_new]; returns logits [num_rows, vocab]
         and their argmax at `rows` (default: every token), into logits/next_ids if given."""
-        h = self.body(
-            input_ids=ids[None], position_ids=pos[None], use_cache=False,
-            kvbench=StepContext(self, b),
-        ).last_hidden_state[0]  # fmt: skip
+        with self._scope():
+            h = self.body(
+                input_ids=ids[None], position_ids=pos[None], use_cache=False,
+                kvbench=StepContext(self, b),
+            ).last_hidden_state[0]  # fmt: skip
         if rows is not None:
             h = h[rows]
         logits = torch.mm(h, self.head_weight.t(), out=logits)

@@ -113,6 +113,29 @@ def test_fused_ops_match_transformers_and_come_off_again():
     assert not any("forward" in m.__dict__ for m in again.hf.modules())
 
 
+def test_fused_rotary_is_scoped_to_the_block():
+    """The rotary kernels stand in for transformers' function inside the block only, and the
+    forward uses them (a wrong kernel changes the logits)."""
+    from transformers.models.llama import modeling_llama
+
+    from engine.backends import fused_layers
+
+    own = modeling_llama.apply_rotary_pos_emb
+    backend = backend_for(PagedAllocator(60, 4), fused_ops=True)
+    with pytest.raises(RuntimeError), fused_layers.fused_rotary(backend.hf):
+        assert modeling_llama.apply_rotary_pos_emb is fused_layers._rotary_pair
+        raise RuntimeError
+    assert modeling_llama.apply_rotary_pos_emb is own
+    calls = []
+    real = fused_layers.rotary
+    fused_layers.rotary = lambda x, c, s: calls.append(x.shape) or real(x, c, s)
+    try:
+        run_scenario(backend)
+    finally:
+        fused_layers.rotary = real
+    assert len(calls) >= 2 * backend.hf.config.num_hidden_layers
+
+
 def test_prefix_hit_computes_only_the_new_tokens():
     backend = backend_for(PrefixAllocator(60, 4))
     a, b = seq(1, 10, 4, shared=8), seq(2, 9, 4, shared=8)
