@@ -89,7 +89,13 @@ class ModelBackend(AttentionBackend):
         self.hf = hf_model if hf_model is not None else build_model(
             cfg, self.dtype, self.device, init_std, seed
         )  # fmt: skip
-        (fuse if fused_ops else unfuse)(self.hf)
+        if not fused_ops:
+            unfuse(self.hf)
+        elif not fuse(self.hf):
+            raise KvbenchError(
+                f"backend.fused_ops: {model.name} has none of the modules kvbench fuses "
+                "(Llama's RMSNorm, SiLU MLP and rotary embedding); set backend.fused_ops=false"
+            )
         self._scope = (lambda: fused_rotary(self.hf)) if fused_ops else contextlib.nullcontext
         self.body = self.hf.base_model  # the decoder without lm_head
         head = self.hf.get_output_embeddings()

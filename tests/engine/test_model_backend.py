@@ -16,6 +16,7 @@ from engine.backends.model import ModelBackend
 from engine.backends.model_graphs import ModelGraphs
 from engine.sequence import Seq
 from tests.engine.model_cases import Recorder, llama_config, max_rel_error, opt_config, spec_of
+from workloads.errors import KvbenchError
 from workloads.tokens import GENERATED, SYSTEM, UNIQUE, Tokens
 
 TOL = 1e-4  # float32 throughout
@@ -111,6 +112,8 @@ def test_fused_ops_match_transformers_and_come_off_again():
         config=backend.hf.config, hf_model=backend.hf,
     )  # fmt: skip
     assert not any("forward" in m.__dict__ for m in again.hf.modules())
+    with pytest.raises(KvbenchError, match=r"backend\.fused_ops: \w+ has none of the modules"):
+        backend_for(PagedAllocator(60, 4), opt_config(), fused_ops=True)
 
 
 def test_fused_rotary_is_scoped_to_the_block():
