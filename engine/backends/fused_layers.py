@@ -24,8 +24,6 @@ import torch
 
 from kernels.elementwise import rms_norm, rotary, silu_mul
 
-FUSED = ("LlamaRMSNorm", "LlamaMLP")
-
 
 def _norm_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     return rms_norm(hidden_states, self.weight, self.variance_epsilon)
@@ -35,17 +33,18 @@ def _mlp_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
+FORWARDS = {"LlamaRMSNorm": _norm_forward, "LlamaMLP": _mlp_forward}  # class name: forward
+FUSED = tuple(FORWARDS)
+
+
 def fuse(model: torch.nn.Module) -> int:
     """Swap the forwards of the model's fusable modules; returns how many were swapped."""
     count = 0
     for m in model.modules():
-        name = type(m).__name__
-        if name == "LlamaRMSNorm":
-            m.forward = types.MethodType(_norm_forward, m)
-        elif name == "LlamaMLP" and m.config.hidden_act == "silu":
-            m.forward = types.MethodType(_mlp_forward, m)
-        else:
+        forward = FORWARDS.get(type(m).__name__)
+        if forward is None or (forward is _mlp_forward and m.config.hidden_act != "silu"):
             continue
+        m.forward = types.MethodType(forward, m)
         count += 1
     return count
 
@@ -53,7 +52,7 @@ def fuse(model: torch.nn.Module) -> int:
 def unfuse(model: torch.nn.Module) -> None:
     """The modules' own forwards again."""
     for m in model.modules():
-        if type(m).__name__ in FUSED:
+        if type(m).__name__ in FORWARDS:
             m.__dict__.pop("forward", None)
 
 
