@@ -2,10 +2,11 @@
 
     write_kv     grid (num_tokens, chunks): token i's [num_kv_heads * head_dim] row of K and V
                  goes to slot_mapping[i] = block_id * block_size + offset (skipped when < 0)
-    copy_blocks  grid (num_pairs, chunks): block src's K and V rows onto block dst
+    copy_blocks  grid (num_pairs, chunks, num_layers): unit src of every layer's K and V
+                 onto unit dst (a paged block, or a static slot), for the whole pool at once
 
-Both need the pool's token rows contiguous ([num_kv_heads, head_dim] packed), which a
-contiguous `[num_blocks, block_size, num_kv_heads, head_dim]` pool is. Offsets are int64.
+Both need the pool contiguous (write_kv: `[num_blocks, block_size, num_kv_heads, head_dim]`;
+copy_blocks: `[num_layers, num_units, ...]`). Offsets are int64.
 """
 
 from __future__ import annotations
@@ -75,30 +76,38 @@ def write_kv(
 
 @triton.jit
 def _copy_blocks_kernel(
-    k_cache_ptr,  # [num_blocks, block_size * num_kv_heads * head_dim]
-    v_cache_ptr,  # [num_blocks, block_size * num_kv_heads * head_dim]
+    k_cache_ptr,  # [num_layers, num_units, NUMEL]
+    v_cache_ptr,  # [num_layers, num_units, NUMEL]
     pairs_ptr,  # [num_pairs, 2] int64: (src, dst)
-    NUMEL: tl.constexpr,  # elements of one block
+    layer_stride,  # num_units * NUMEL
+    NUMEL: tl.constexpr,  # elements of one unit
     BLOCK: tl.constexpr,
 ):
     pair = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < NUMEL
-    src = tl.load(pairs_ptr + pair * 2).to(tl.int64) * NUMEL
-    dst = tl.load(pairs_ptr + pair * 2 + 1).to(tl.int64) * NUMEL
+    base = tl.program_id(2).to(tl.int64) * layer_stride
+    src = base + tl.load(pairs_ptr + pair * 2) * NUMEL
+    dst = base + tl.load(pairs_ptr + pair * 2 + 1) * NUMEL
     tl.store(k_cache_ptr + dst + offs, tl.load(k_cache_ptr + src + offs, mask=mask), mask=mask)
     tl.store(v_cache_ptr + dst + offs, tl.load(v_cache_ptr + src + offs, mask=mask), mask=mask)
 
 
 def copy_blocks(k_cache: torch.Tensor, v_cache: torch.Tensor, pairs: torch.Tensor) -> None:
-    """Copy block pairs[i, 0] onto block pairs[i, 1] in both caches (distinct destinations)."""
-    _check_cache(k_cache, v_cache)
+    """Copy unit pairs[i, 0] onto unit pairs[i, 1] in every layer of both caches, k_cache and
+    v_cache [num_layers, num_units, ...] (one layer's pool: k[None]). Destinations are
+    distinct and no destination is a source: the pairs are copied concurrently."""
+    if k_cache.dim() < 2 or k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype:
+        raise ValueError("k_cache, v_cache: equal [num_layers, num_units, ...]")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("the KV pool must be contiguous")
     if pairs.dtype != torch.int64 or pairs.dim() != 2 or pairs.shape[1] != 2:
-        raise ValueError("pairs must be int64 [num_pairs, 2] of (src, dst) block ids")
+        raise ValueError("pairs must be int64 [num_pairs, 2] of (src, dst) unit ids")
     if pairs.shape[0] == 0:
         return
-    numel = k_cache[0].numel()
+    numel = k_cache[0, 0].numel()
     block = min(4096, triton.next_power_of_2(numel))
-    _copy_blocks_kernel[(pairs.shape[0], triton.cdiv(numel, block))](
-        k_cache, v_cache, pairs.contiguous(), NUMEL=numel, BLOCK=block
+    grid = (pairs.shape[0], triton.cdiv(numel, block), k_cache.shape[0])
+    _copy_blocks_kernel[grid](
+        k_cache, v_cache, pairs.contiguous(), k_cache[0].numel(), NUMEL=numel, BLOCK=block
     )

@@ -6,7 +6,7 @@
 
 Ids are the allocator's: a paged block id indexes axis 1, a static slot id too (a static
 sequence's "block table" is its slot range). Copies and swaps are runs (src, dst, n) of those
-units, done for every layer at once. Host memory for swapped blocks is a pinned pool indexed
+units, done for every layer at once (copies: one Triton kernel over every unit and layer). Host memory for swapped blocks is a pinned pool indexed
 by the engine's host block ids, unit-major ([units, num_layers, ...]: a run of units is one
 contiguous range there), grown on demand. A swap moves each run with one DMA between that
 range and a unit-major staging copy on the GPU, in stream order (no host sync: a block freed
@@ -27,14 +27,15 @@ import numpy as np
 import torch
 
 from allocators.base import KVAllocator, Run
+from kernels.cache_ops import copy_blocks
 
 
-def run_index(runs: Sequence[Run], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs (src, dst, n) as two int64 index tensors of every unit they move."""
-    src = np.concatenate([np.arange(s, s + n) for s, _, n in runs])
-    dst = np.concatenate([np.arange(d, d + n) for _, d, n in runs])
-    as_index = dict(dtype=torch.int64, device=device)
-    return torch.as_tensor(src, **as_index), torch.as_tensor(dst, **as_index)
+def run_pairs(runs: Sequence[Run]) -> np.ndarray:
+    """Runs (src, dst, n) as int64 [units, 2] (src, dst) of every unit they move."""
+    runs_ = np.asarray(runs, dtype=np.int64).reshape(-1, 3)
+    n = runs_[:, 2]
+    step = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # 0..n-1 within each run
+    return np.stack([np.repeat(runs_[:, 0], n) + step, np.repeat(runs_[:, 1], n) + step], 1)
 
 
 class KVPool:
@@ -70,11 +71,14 @@ class KVPool:
         return 2 * self.k.numel() * self.k.element_size()
 
     def copy(self, runs: Sequence[Run]) -> None:
-        """Copy-on-write and fork copies: units src.. onto dst.., every layer."""
-        if runs:
-            src, dst = run_index(runs, self.device)
-            self.k[:, dst] = self.k[:, src]
-            self.v[:, dst] = self.v[:, src]
+        """Copy-on-write and fork copies: units src.. onto dst.., every layer, in one kernel
+        (the allocators copy into fresh units only: no destination is also a source)."""
+        if not runs:
+            return
+        pairs = torch.from_numpy(run_pairs(runs))
+        if self.device.type == "cuda":
+            pairs = pairs.pin_memory().to(self.device, non_blocking=True)
+        copy_blocks(self.k, self.v, pairs)
 
     def swap_out(self, runs: Sequence[Run]) -> None:
         """(device unit, host unit, n) runs to host memory."""

@@ -50,9 +50,25 @@ def test_write_kv_and_copy_blocks():
     reference.write_kv(key, value, k2, v2, slots)
     assert torch.equal(k, k2) and torch.equal(v, v2)
     pairs = torch.tensor([[1, 4], [5, 2]], dtype=torch.int64)
-    copy_blocks(k, v, pairs)
+    copy_blocks(k[None], v[None], pairs)
     reference.copy_blocks(k2, v2, pairs)
     assert torch.equal(k, k2) and torch.equal(v, v2)
+
+
+def test_pool_copy_runs_every_layer():
+    """KVPool.copy: runs of units (static slots here) in every layer, as a gather would."""
+    from engine.backends.kv_pool import KVPool, run_pairs
+
+    runs = [(3, 10, 4), (1, 20, 1), (30, 0, 0), (25, 31, 2)]
+    assert run_pairs(runs).tolist() == [[3, 10], [4, 11], [5, 12], [6, 13], [1, 20], [25, 31],
+                                        [26, 32]]  # fmt: skip
+    pool = KVPool(3, 40, 1, 2, 8, True, torch.bfloat16, torch.device("cpu"))
+    pool.k.normal_(), pool.v.normal_()
+    k, v = pool.k.clone(), pool.v.clone()
+    pool.copy(runs)
+    src, dst = torch.from_numpy(run_pairs(runs)).T
+    k[:, dst], v[:, dst] = k[:, src], v[:, src]
+    assert torch.equal(pool.k, k) and torch.equal(pool.v, v)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -84,7 +84,7 @@ def test_write_kv_and_copy_blocks_at_scale():
     write_kv(key, value, k, v, slots)
     reference.write_kv(key, value, k2, v2, slots)
     pairs = torch.stack([torch.arange(0, 100), torch.arange(1000, 1100)], 1).cuda()
-    copy_blocks(k, v, pairs)
+    copy_blocks(k[None], v[None], pairs)
     reference.copy_blocks(k2, v2, pairs)
     assert torch.equal(k, k2) and torch.equal(v, v2)
 
