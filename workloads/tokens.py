@@ -100,27 +100,27 @@ class Tokens:
         return (key,) if isinstance(key[1], int) else key  # type: ignore[index, return-value]
 
     def ids(self, start: int, end: int, vocab_size: int) -> np.ndarray:
-        """Token ids [start, end) as int64, each source a fixed pseudo-random stream."""
-        out = np.empty(end - start, dtype=np.int64)
-        pos = start
-        i = bisect.bisect_right(self._starts, start) - 1
-        while pos < end:
-            stop = self._starts[i + 1] if i + 1 < len(self._starts) else end
-            piece_end = min(end, stop)
-            off = self._offsets[i] + pos - self._starts[i]
-            out[pos - start : piece_end - start] = _stream(
-                self._sources[i], off, piece_end - pos, vocab_size
-            )
-            pos = piece_end
-            i += 1
-        return out
+        """Token ids [start, end) as int64, each source a fixed pseudo-random stream: one
+        vectorized pass however many pieces (a beam re-forked every step holds one per step)."""
+        lo = bisect.bisect_right(self._starts, start) - 1
+        hi = bisect.bisect_left(self._starts, end)  # pieces lo..hi-1 overlap [start, end)
+        bounds = np.clip(np.array([*self._starts[lo + 1 : hi], end], np.int64), start, end)
+        first = np.concatenate([[start], bounds[:-1]])  # each piece's first position
+        counts = bounds - first
+        off = np.array(self._offsets[lo:hi], np.int64) + first - self._starts[lo:hi]
+        seeds = np.array([_seed(src) for src in self._sources[lo:hi]], np.uint64)
+        rank = np.arange(end - start, dtype=np.int64) - np.repeat(first - start, counts)
+        x = (np.repeat(off, counts) + rank).astype(np.uint64) + np.repeat(seeds, counts)
+        return _mix(x, vocab_size)
 
 
-def _stream(src: Source, offset: int, n: int, vocab_size: int) -> np.ndarray:
-    """Tokens offset..offset+n of a source: a splitmix64 hash of (source, position)."""
+def _seed(src: Source) -> int:
+    return (src[0] * 0x9E3779B97F4A7C15 + src[1] * 0xBF58476D1CE4E5B9) % (1 << 64)
+
+
+def _mix(x: np.ndarray, vocab_size: int) -> np.ndarray:
+    """A splitmix64 hash of (source seed + position), as token ids below vocab_size."""
     with np.errstate(over="ignore"):
-        x = np.arange(offset, offset + n, dtype=np.uint64)
-        x += np.uint64((src[0] * 0x9E3779B97F4A7C15 + src[1] * 0xBF58476D1CE4E5B9) % (1 << 64))
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
