@@ -130,6 +130,16 @@ def summarize(steps: dict[str, np.ndarray], reqs: dict[str, np.ndarray]) -> dict
     out["decode_tokens_per_s_saturated"] = (
         float(steps["num_decode_tokens"][sat].sum() / sat_s) if sat_s > 0 else None
     )
+    # the same over steps with requests waiting, whatever held them back (memory, or the
+    # max_num_seqs cap a system with little memory per sequence reaches first)
+    queued = steps["num_waiting"] > 0
+    queued_s = steps["duration_s"][queued].sum()
+    out["decode_tokens_per_s_queued"] = (
+        float(steps["num_decode_tokens"][queued].sum() / queued_s) if queued_s > 0 else None
+    )
+    out["mean_running_seqs_queued"] = (
+        float(steps["num_running_seqs"][queued].mean()) if queued.any() else None
+    )
     out["mean_running_seqs"] = float(steps["num_running_seqs"].mean()) if n else 0.0
     logical = steps["logical_slots"].astype(float)
     used = cap - steps["free"] - steps["external_frag"]

@@ -295,4 +295,9 @@ def _memory_lines(s: dict[str, Any]) -> list[str]:
             f"    in them     {s['decode_tokens_per_s_saturated']:,.0f} decode tokens/s, "
             f"mean batch {s['mean_batch_size_saturated']:.1f}"
         )
+    if s.get("decode_tokens_per_s_queued") is not None:
+        lines.append(
+            f"  with requests waiting {s['decode_tokens_per_s_queued']:,.0f} decode tokens/s, "
+            f"{s['mean_running_seqs_queued']:.1f} sequences"
+        )
     return lines

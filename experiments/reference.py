@@ -125,15 +125,20 @@ DEFAULTS = {"workload.length_scale": 1.0}
 
 def system_of(s: dict[str, Any]) -> str:
     """The name a run goes by in the paper's figures."""
-    if s.get("experiment") == "sharing":
-        return f"n{s['n']}" if s["n"] > 1 else f"beam{s['beam_width']}"
+    if s.get("experiment") == "sharing":  # the sampling; and the system where not vLLM's
+        name = f"n{s['n']}" if s["n"] > 1 else f"beam{s['beam_width']}"
+        name = "single" if name == "beam1" else name
+        alloc = s["allocator"]  # (not "system": a report record holds this name there)
+        return name if alloc == "paged" else f"{_allocator_system(s)} {name}"
     if s.get("experiment") == "mooncake_prefix":
         return str(s["workload"])
     if s.get("system"):  # its allocator config's system name (experiments/systems.py)
         return str(s["system"])
-    if s["allocator"] == "static":  # summaries from before allocator configs named systems
-        return f"orca_{s['reservation']}"
-    return str(s["allocator"])
+    return _allocator_system(s)  # summaries from before allocator configs named systems
+
+
+def _allocator_system(s: dict[str, Any]) -> str:
+    return f"orca_{s['reservation']}" if s["allocator"] == "static" else str(s["allocator"])
 
 
 def reference_for(run: dict[str, Any]) -> tuple[dict[str, float], str | None]:

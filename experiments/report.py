@@ -43,6 +43,8 @@ METRICS = {
     "mean_running_seqs": "sequences",
     "throughput_tokens_per_s": "tokens/s",
     "decode_tokens_per_s_saturated": "tokens/s",
+    "decode_tokens_per_s_queued": "tokens/s",
+    "mean_running_seqs_queued": "sequences",
     "request_throughput_per_s": "requests/s",
     "mean_latency_s": "s",
     "mean_normalized_latency_s": "s/token",
@@ -86,6 +88,8 @@ COLUMNS = ["run", *KEYS, "metric", "value", "unit", "reference", "no_reference",
 HEADLINE = ["share_token_states", "mean_batch_size", "throughput_tokens_per_s"]
 SWEPT = {"seq_len": ("length_scale", "length x"), "concurrency": ("max_num_seqs", "max seqs")}
 SWEPT_METRICS = ["share_token_states_all_steps", "mean_batch_size", "throughput_tokens_per_s"]
+# beside the reference's metrics: what the sharing saves buys (Fig. 14's throughput)
+EXTRA_METRICS = {"sharing": ["throughput_tokens_per_s", "decode_tokens_per_s_queued"]}
 SCHEMES_METRICS = ["prefix_hit_rate", "share_token_states_all_steps", "share_free_all_steps",
                    "mean_batch_size", "throughput_tokens_per_s"]  # fmt: skip
 
@@ -140,11 +144,14 @@ def markdown(table: pd.DataFrame) -> str:
     for exp, title, g in groups(table):
         ref = REFERENCES.get(exp)
         with_ref = g[g.reference.notna()]
-        metrics = list(dict.fromkeys(with_ref.metric)) or (
-            list(dict.fromkeys(g[g.metric.isin(_ref_metrics(exp))].metric))
-            or (SCHEMES_METRICS if exp == "prefix_schemes" else None)
-            or (SWEPT_METRICS if exp in SWEPT else HEADLINE)
-        )
+        metrics = (
+            list(dict.fromkeys(with_ref.metric))
+            or (
+                list(dict.fromkeys(g[g.metric.isin(_ref_metrics(exp))].metric))
+                or (SCHEMES_METRICS if exp == "prefix_schemes" else None)
+                or (SWEPT_METRICS if exp in SWEPT else HEADLINE)
+            )
+        ) + EXTRA_METRICS.get(exp, [])
         if exp == "mooncake_prefix":
             g = g[(g.block_size == 512) & g.kv_budget_gib.isna()]
         out += [f"### {title}", ""]

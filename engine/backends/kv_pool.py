@@ -6,9 +6,10 @@
 
 Ids are the allocator's: a paged block id indexes axis 1, a static slot id too (a static
 sequence's "block table" is its slot range). Copies and swaps are runs (src, dst, n) of those
-units, done for every layer at once (copies: one Triton kernel over every unit and layer). Host memory for swapped blocks is a pinned pool indexed
-by the engine's host block ids, unit-major ([units, num_layers, ...]: a run of units is one
-contiguous range there), grown on demand. A swap moves each run with one DMA between that
+units, done for every layer at once (a copy: one Triton kernel over every unit and layer).
+Host memory for swapped blocks is a pinned pool indexed by the engine's host block ids,
+unit-major ([units, num_layers, ...]: a run of units is one contiguous range there), grown
+on demand. A swap moves each run with one DMA between that
 range and a unit-major staging copy on the GPU, in stream order (no host sync: a block freed
 by a swap-out is rewritten only by kernels queued after the copy).
 

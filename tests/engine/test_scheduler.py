@@ -196,8 +196,14 @@ def test_saturated_capacity_counts_only_memory_limited_steps():
     }  # fmt: skip
     reqs = {k: np.ones(1) for k in ("cached_tokens", "computed_tokens", "output_tokens",
             "finish_s", "arrival_s", "num_seqs", "first_token_s")}  # fmt: skip
+    steps["num_waiting"] = np.array([0, 3, 0, 5])  # queued: steps 1 and 3
+    steps["num_running_seqs"] = np.array([2, 20, 60, 4])
     s = summarize(steps, reqs)
     assert s["decode_tokens_per_s_saturated"] == 40 / 2.0
     assert s["mean_batch_size_saturated"] == 20
+    assert s["decode_tokens_per_s_queued"] == (10 + 99) / (0.5 + 9.0)
+    assert s["mean_running_seqs_queued"] == 12
     steps["mem_limited"][:] = False
-    assert summarize(steps, reqs)["decode_tokens_per_s_saturated"] is None
+    steps["num_waiting"][:] = 0
+    s = summarize(steps, reqs)
+    assert s["decode_tokens_per_s_saturated"] is None and s["decode_tokens_per_s_queued"] is None
