@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from engine.models import ModelSpec
 from experiments.model_bench import FULL, Rows, Shape, markdown, requests, roofline_s
@@ -42,3 +46,11 @@ def test_markdown_has_every_row(capsys):
     md = markdown(rows, "card: test")
     assert "| kvbench_tokens_per_s | 1.235e+04 | tokens/s |" in md and md.startswith("card: test")
     assert "kvbench_tokens_per_s" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_refuses_without_a_gpu():
+    r = subprocess.run([sys.executable, "-m", "experiments.model_bench", "--quick"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr
+    assert "Traceback" not in r.stderr
