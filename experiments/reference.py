@@ -128,8 +128,8 @@ def system_of(s: dict[str, Any]) -> str:
     if s.get("experiment") == "sharing":  # the sampling; and the system where not vLLM's
         name = f"n{s['n']}" if s["n"] > 1 else f"beam{s['beam_width']}"
         name = "single" if name == "beam1" else name
-        alloc = s["allocator"]  # (not "system": a report record holds this name there)
-        return name if alloc == "paged" else f"{_allocator_system(s)} {name}"
+        base = s.get("system") or _allocator_system(s)  # its allocator config's system
+        return name if base == "paged" else f"{base} {name}"
     if s.get("experiment") == "mooncake_prefix":
         return str(s["workload"])
     if s.get("system"):  # its allocator config's system name (experiments/systems.py)
@@ -141,11 +141,11 @@ def _allocator_system(s: dict[str, Any]) -> str:
     return f"orca_{s['reservation']}" if s["allocator"] == "static" else str(s["allocator"])
 
 
-def reference_for(run: dict[str, Any]) -> tuple[dict[str, float], str | None]:
-    """(metric -> reference value, None) for a run matching a reference setup, else
-    ({}, why not) - why is None where the experiment has no reference for this system."""
+def reference_for(run: dict[str, Any], system: str) -> tuple[dict[str, float], str | None]:
+    """(metric -> reference value, None) for a run (summary and config) of this system
+    (`system_of` its summary) matching a reference setup, else ({}, why not) - why is None
+    where the experiment has no reference for this system."""
     ref = REFERENCES.get(run.get("experiment") or "")
-    system = system_of(run)
     if ref is None or system not in ref.values:
         return {}, None
     for key, want in {**ref.setup, **ref.per_system.get(system, {})}.items():

@@ -44,7 +44,7 @@ class Run:
 
     @property
     def reference(self) -> tuple[dict[str, float], str | None]:
-        return reference_for({**self.config, **self.record})
+        return reference_for({**self.config, **self.record}, self.record["system"])
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

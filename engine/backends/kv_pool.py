@@ -76,7 +76,11 @@ class KVPool:
         (the allocators copy into fresh units only: no destination is also a source)."""
         if not runs:
             return
-        pairs = torch.from_numpy(run_pairs(runs))
+        pairs_np = run_pairs(runs)
+        dst = pairs_np[:, 1]
+        if np.unique(dst).size < dst.size or np.isin(dst, pairs_np[:, 0]).any():
+            raise ValueError(f"copies {list(runs)}: a unit is written twice or read and written")
+        pairs = torch.from_numpy(pairs_np)
         if self.device.type == "cuda":
             pairs = pairs.pin_memory().to(self.device, non_blocking=True)
         copy_blocks(self.k, self.v, pairs)

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from experiments import runs
-from experiments.reference import REFERENCES, reference_for
+from experiments.reference import REFERENCES, reference_for, system_of
 from experiments.report import collect, groups, markdown
 from plots.cli import _note, plot_all
 from plots.memory import fig2_bars
@@ -107,14 +107,22 @@ def test_references_only_beside_runs_of_the_reference_setup(two_budgets):
 def test_reference_rules():
     run = {"experiment": "vllm_fig2", "allocator": "paged", "block_size": 16, "model": "opt_13b"}
     run |= {"kv_budget_gib": 12.0, "max_seq_len": 2048, "workload": "sharegpt_like"}
-    assert reference_for(run)[0] == {"share_token_states": 96.3}
-    assert reference_for({**run, "block_size": 32}) == (
+    assert reference_for(run, system_of(run))[0] == {"share_token_states": 96.3}
+    assert reference_for({**run, "block_size": 32}, "paged") == (
         {},
         "block_size is 32, the reference setup has 16",
     )
     moon = {"experiment": "mooncake_prefix", "workload": "mooncake_conv", "kv_budget_gib": None}
     moon |= {"block_size": 512, "clipped_requests": 2825, "allocator": "prefix"}
-    assert reference_for(moon)[1] == "clipped_requests is 2825, the reference setup has 0"
+    assert reference_for(moon, system_of(moon))[1] == (
+        "clipped_requests is 2825, the reference setup has 0"
+    )
+    # sharing: named by sampling, and by system where not vLLM's (its allocator config's)
+    share = {"experiment": "sharing", "n": 2, "beam_width": 1, "allocator": "prefix"}
+    assert system_of({**share, "system": "prefix_b64"}) == "prefix_b64 n2"
+    assert system_of({**share, "allocator": "static", "reservation": "max"}) == "orca_max n2"
+    assert system_of({**share, "allocator": "paged", "system": "paged"}) == "n2"
+    assert system_of({**share, "n": 1, "beam_width": 1, "allocator": "paged"}) == "single"
 
 
 def test_a_killed_sweep_says_how_many_jobs_are_missing(tmp_path):

@@ -69,6 +69,9 @@ def test_pool_copy_runs_every_layer():
     src, dst = torch.from_numpy(run_pairs(runs)).T
     k[:, dst], v[:, dst] = k[:, src], v[:, src]
     assert torch.equal(pool.k, k) and torch.equal(pool.v, v)
+    for bad in ([(3, 10, 4), (12, 20, 1)], [(3, 10, 2), (5, 11, 1)]):  # chained; written twice
+        with pytest.raises(ValueError, match="written twice or read and written"):
+            pool.copy(bad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

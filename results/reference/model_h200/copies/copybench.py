@@ -1,4 +1,7 @@
-"""KVPool.copy (one Triton kernel) against the gather + index_put it replaced, OPT-13B pools."""
+"""KVPool.copy (one Triton kernel) against the gather + index_put it replaced, OPT-13B pools.
+(The committed copybench.log ran a weaker check - both ways applied in turn, K only; this
+version restores the pool between them and compares K and V. Correctness of the kernel in the
+engine is the GPU tests': gpu_tests_copy_kernel.log, ../gpu_tests_copies.log.)"""
 import time, numpy as np, torch
 from engine.backends.kv_pool import KVPool, run_pairs
 
@@ -28,9 +31,12 @@ for name, pool, mk in (
         runs = mk(n)
         units = int(run_pairs(runs).shape[0])
         a, b = bench(lambda: old_copy(pool, runs)), bench(lambda: pool.copy(runs))
-        k0 = pool.k.clone(); old_copy(pool, runs); k1 = pool.k.clone(); pool.copy(runs)
-        assert torch.equal(k1, pool.k)
-        del k0, k1
+        pool.k.normal_(); pool.v.normal_()  # fresh contents: each way must copy them
+        k0, v0 = pool.k.clone(), pool.v.clone()
+        old_copy(pool, runs); k1, v1 = pool.k.clone(), pool.v.clone()
+        pool.k.copy_(k0); pool.v.copy_(v0); pool.copy(runs)
+        assert torch.equal(k1, pool.k) and torch.equal(v1, pool.v) and not torch.equal(k0, k1)
+        del k0, v0, k1, v1
         gbs = 2 * units * unit / 1e9
         print(f"{name}: {units} units ({gbs:.2f} GB read+write): gather/index_put {a:.3f} ms, "
               f"copy_blocks {b:.3f} ms ({a / b:.1f}x), copy_blocks at {gbs / b:.2f} TB/s", flush=True)

@@ -2,7 +2,12 @@
 previous one (index gather -> pageable .cpu() -> CPU scatter), same pool, same runs."""
 import time
 import torch
-from engine.backends.kv_pool import KVPool, run_index
+from engine.backends.kv_pool import KVPool, run_pairs
+
+
+def run_index(runs, device):  # (kv_pool.run_index then; run_pairs since the copy kernel)
+    src, dst = torch.from_numpy(run_pairs(runs)).to(device).T
+    return src, dst
 
 pool = KVPool(40, 2000, 16, 40, 128, False, torch.bfloat16, torch.device("cuda"))
 pool.k.normal_(); pool.v.normal_()
