@@ -13,6 +13,9 @@ step from its features. The rules:
 - extrapolation: up to EXTRAPOLATE x the largest measured value of each checked quantity the
   fit extrapolates, with one warning per quantity on stderr; beyond that the run stops with
   an error naming the quantity, the value and the measured range.
+- units: a run counts copied and swapped units of its allocator (a paged block, a static
+  slot, a vattention page); they are priced as the profile's blocks by tokens moved
+  (`unit_tokens` / the profile's block_size each).
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ from workloads.errors import KvbenchError
 EXTRAPOLATE = 2.0
 CHECKED = ("num_prefill_tokens", "num_decode_tokens", "decode_context", "prefill_cached",
            "num_copied_blocks", "num_swapped_blocks", "context_per_seq")  # fmt: skip
+MOVED = ("num_copied_blocks", "num_swapped_blocks")
 FIRST_CHUNK = 32  # decode stretches are priced in chunks that double
 
 
 class ProfiledCost:
     """Seconds per step from a profile; `step(features)` and `decode_run` for stretches."""
 
-    def __init__(self, path: str, model: str, dtype: str, device_name: str, gpu: str) -> None:
+    def __init__(
+        self, path: str, model: str, dtype: str, device_name: str, gpu: str,
+        unit_tokens: int | None = None,
+    ) -> None:  # fmt: skip
         self.path = path
         self.profile = profile = load_profile(path)
         _match(profile, "model", model, "model=")
@@ -52,8 +59,13 @@ class ProfiledCost:
         self.limits = _limits(profile)
         self._warned: set[str] = set()
         self._one = self.fit.one
+        block = profile.meta.get("block_size")
+        self.unit_scale = unit_tokens / block if unit_tokens and block else 1.0
 
     def step(self, features: tuple) -> float:
+        if self.unit_scale != 1.0 and (features[6] or features[7]):  # copied, swapped
+            s = self.unit_scale
+            features = (*features[:6], features[6] * s, features[7] * s)
         self.check(features)
         return self._one(features)
 
@@ -73,9 +85,11 @@ class ProfiledCost:
                     f"profile measured none; calibrate them (kvbench-calibrate --help)"
                 )
             if v > EXTRAPOLATE * most:
+                scaled = name in MOVED and self.unit_scale != 1
+                unit = " (in the profile's blocks)" if scaled else ""
                 raise KvbenchError(
-                    f"{self.path}: a step has {name} = {v:,.0f}, beyond {EXTRAPOLATE:g}x the "
-                    f"largest measured ({most:,.0f}); measure a larger grid"
+                    f"{self.path}: a step has {name} = {v:,.0f}{unit}, beyond {EXTRAPOLATE:g}x "
+                    f"the largest measured ({most:,.0f}); measure a larger grid"
                 )
             if name not in self._warned:
                 self._warned.add(name)

@@ -122,7 +122,9 @@ class SimBackend:
         self._swap_s_per_block = block_bytes / gpu.pcie_bytes_per_s
         self.measured: ProfiledCost | None = None
         if profile is not None:
-            self.measured = ProfiledCost(profile, model.name, dtype, gpu.device_name, gpu.name)
+            self.measured = ProfiledCost(
+                profile, model.name, dtype, gpu.device_name, gpu.name, allocator.block_size
+            )
             self.gpu, self.kernel = self.measured.card, "profile"
 
     def step(self, batch: StepBatch) -> float:

@@ -153,6 +153,24 @@ def test_missing_shapes_and_far_extrapolation_stop_the_run(tmp_path, capsys):
         cost.decode_run(4, 40_000 - 4, 10, 0.0, 1e9)
 
 
+def test_copies_are_priced_by_tokens_moved(tmp_path):
+    """A static slot (1 token) copied costs 1/16 of the profile's 16-token block; the limits
+    apply to blocks' worth of tokens."""
+    write_synthetic(tmp_path / "p.parquet")
+    block, slot = _cost(tmp_path / "p.parquet"), _cost(tmp_path / "p.parquet", unit_tokens=1)
+    paged16 = _cost(tmp_path / "p.parquet", unit_tokens=16)
+    copied = [(0, 8, 8000.0, 0.0, 0, 0, n, 0) for n in (0, 2, 32)]
+    assert [slot.step((*f[:6], 16 * f[6], 0)) for f in copied] == pytest.approx(
+        [block.step(f) for f in copied]
+    )
+    assert paged16.unit_scale == 1.0 and block.unit_scale == 1.0
+    assert block.step(copied[2]) > block.step(copied[1]) > block.step(copied[0])
+    most = block.limits["num_copied_blocks"]
+    slot.step((0, 8, 8000.0, 0.0, 0, 0, int(16 * 2 * most), 0))  # 2x in blocks: extrapolated
+    with pytest.raises(KvbenchError, match=r"num_copied_blocks = .* \(in the profile's blocks\)"):
+        slot.step((0, 8, 8000.0, 0.0, 0, 0, int(16 * 2 * most) + 32, 0))
+
+
 def test_decode_runs_match_single_steps(tmp_path):
     write_synthetic(tmp_path / "p.parquet")
     cost = _cost(tmp_path / "p.parquet")

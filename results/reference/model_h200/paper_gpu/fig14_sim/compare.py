@@ -22,15 +22,16 @@ def key(s):
 
 
 gpu = {key(s): (p.parent, s) for p in GPU.glob("*/summary.json") if (s := json.loads(p.read_text()))}
-cost = ProfiledCost(PROFILE, "opt_13b", "bfloat16", "H200", "h200")
 lines = ["| run | " + " | ".join(f"{k}: GPU / sim (sim err)" for k in KEYS)
          + " | GPU steps priced by the fit: decode-only / with prefills |", "|---|---|---|---|---|"]
-for p in sorted(HERE.glob("*/*/summary.json")):
+for p in sorted(HERE.rglob("summary.json")):
     s = json.loads(p.read_text())
     d, g = gpu[key(s)]
     cells = [f"{g[k]:.4g} / {s[k]:.4g} ({100 * (s[k] / g[k] - 1):+.1f}%)" for k in KEYS]
-    st = pd.read_parquet(d / "steps.parquet")
-    pred = cost.fit.predict({f: st[f].to_numpy(dtype=float) for f in FEATURES})
+    st = pd.read_parquet(d / "steps.parquet")  # copies in the run's units (a static slot: 1/16)
+    cost = ProfiledCost(PROFILE, "opt_13b", "bfloat16", "H200", "h200", s["block_size"])
+    moved = {f: st[f].to_numpy(dtype=float) * cost.unit_scale for f in FEATURES[6:]}
+    pred = cost.fit.predict({**{f: st[f].to_numpy(dtype=float) for f in FEATURES}, **moved})
     mixed = st.num_prefill_tokens.to_numpy() > 0
     errs = [100 * (pred[m].sum() / st.duration_s[m].sum() - 1) for m in (~mixed, mixed)]
     cells.append(f"{errs[0]:+.1f}% / {errs[1]:+.1f}%")
