@@ -109,9 +109,16 @@ class Tokens:
         counts = bounds - first
         off = np.array(self._offsets[lo:hi], np.int64) + first - self._starts[lo:hi]
         seeds = np.array([_seed(src) for src in self._sources[lo:hi]], np.uint64)
-        rank = np.arange(end - start, dtype=np.int64) - np.repeat(first - start, counts)
-        x = (np.repeat(off, counts) + rank).astype(np.uint64) + np.repeat(seeds, counts)
+        x = ranges(off, counts).astype(np.uint64) + np.repeat(seeds, counts)
         return _mix(x, vocab_size)
+
+
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """arange(s, s + c) for each (s, c), concatenated, as int64 (one pass, no Python loop)."""
+    counts = np.asarray(counts, np.int64)
+    before = np.cumsum(counts) - counts  # where each range begins in the output
+    shift = np.repeat(np.asarray(starts, np.int64) - before, counts)
+    return np.arange(counts.sum(), dtype=np.int64) + shift
 
 
 def _seed(src: Source) -> int:

@@ -39,6 +39,7 @@ from kernels.contiguous import contiguous_decode, contiguous_prefill
 from kernels.paged_decode import paged_decode
 from kernels.paged_prefill import paged_prefill
 from workloads.errors import KvbenchError
+from workloads.tokens import ranges
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -184,9 +185,7 @@ class AttentionBackend:
         np.cumsum(counts, out=qs[1:])
         # new tokens: each decode row's last position, then every prefill chunk's positions
         tok_row = np.concatenate([np.arange(nd), np.repeat(np.arange(nd, len(seqs)), counts)])
-        tok_pos = np.concatenate(
-            [lens[:nd] - 1, np.arange(qs[-1]) - np.repeat(qs[:-1] - starts, counts)]
-        )
+        tok_pos = np.concatenate([lens[:nd] - 1, ranges(starts, counts)])
         dev = self._to_device(np.concatenate([updates.ravel(), rows, lens, qs, tok_row, tok_pos]))
         self.rows.apply(dev[: updates.size].view(3, -1))
         dev = dev[updates.size :]

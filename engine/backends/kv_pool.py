@@ -29,14 +29,13 @@ import torch
 
 from allocators.base import KVAllocator, Run
 from kernels.cache_ops import copy_blocks
+from workloads.tokens import ranges
 
 
 def run_pairs(runs: Sequence[Run]) -> np.ndarray:
     """Runs (src, dst, n) as int64 [units, 2] (src, dst) of every unit they move."""
-    runs_ = np.asarray(runs, dtype=np.int64).reshape(-1, 3)
-    n = runs_[:, 2]
-    step = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # 0..n-1 within each run
-    return np.stack([np.repeat(runs_[:, 0], n) + step, np.repeat(runs_[:, 1], n) + step], 1)
+    src, dst, n = np.asarray(runs, dtype=np.int64).reshape(-1, 3).T
+    return np.stack([ranges(src, n), ranges(dst, n)], 1)
 
 
 class KVPool:
