@@ -109,6 +109,12 @@ def request_columns(groups: list[Group]) -> dict[str, np.ndarray]:
     return {name: np.asarray(col) for name, col in zip(REQUEST_COLUMNS, cols)}
 
 
+def _decode_rate(steps: dict[str, np.ndarray], which: np.ndarray) -> float | None:
+    """Decode tokens per second over the steps `which` selects (None: no time there)."""
+    seconds = steps["duration_s"][which].sum()
+    return float(steps["num_decode_tokens"][which].sum() / seconds) if seconds > 0 else None
+
+
 def summarize(steps: dict[str, np.ndarray], reqs: dict[str, np.ndarray]) -> dict[str, Any]:
     """The run's headline numbers (summary.json keys of DESIGN.md / the engine issue)."""
     n = len(steps["time_s"])
@@ -126,17 +132,11 @@ def summarize(steps: dict[str, np.ndarray], reqs: dict[str, np.ndarray]) -> dict
     # the serving capacity when memory limits the batch: decode tokens (one generated token
     # each) per second of saturated steps - the rate a system sustains, without the run's
     # ramp-up and drain (PagedAttention paper Fig. 12's "sustained rate", in tokens)
-    sat_s = steps["duration_s"][sat].sum()
-    out["decode_tokens_per_s_saturated"] = (
-        float(steps["num_decode_tokens"][sat].sum() / sat_s) if sat_s > 0 else None
-    )
+    out["decode_tokens_per_s_saturated"] = _decode_rate(steps, sat)
     # the same over steps with requests waiting, whatever held them back (memory, or the
     # max_num_seqs cap a system with little memory per sequence reaches first)
     queued = steps["num_waiting"] > 0
-    queued_s = steps["duration_s"][queued].sum()
-    out["decode_tokens_per_s_queued"] = (
-        float(steps["num_decode_tokens"][queued].sum() / queued_s) if queued_s > 0 else None
-    )
+    out["decode_tokens_per_s_queued"] = _decode_rate(steps, queued)
     out["mean_running_seqs_queued"] = (
         float(steps["num_running_seqs"][queued].mean()) if queued.any() else None
     )

@@ -126,8 +126,8 @@ DEFAULTS = {"workload.length_scale": 1.0}
 def system_of(s: dict[str, Any]) -> str:
     """The name a run goes by in the paper's figures."""
     if s.get("experiment") == "sharing":  # the sampling; and the system where not vLLM's
-        name = f"n{s['n']}" if s["n"] > 1 else f"beam{s['beam_width']}"
-        name = "single" if name == "beam1" else name
+        n, width = s["n"], s["beam_width"]
+        name = f"n{n}" if n > 1 else f"beam{width}" if width > 1 else "single"
         base = s.get("system") or _allocator_system(s)  # its allocator config's system
         return name if base == "paged" else f"{base} {name}"
     if s.get("experiment") == "mooncake_prefix":

@@ -34,7 +34,6 @@ def _mlp_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 FORWARDS = {"LlamaRMSNorm": _norm_forward, "LlamaMLP": _mlp_forward}  # class name: forward
-FUSED = tuple(FORWARDS)
 
 
 def fuse(model: torch.nn.Module) -> int:

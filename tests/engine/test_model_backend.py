@@ -98,11 +98,11 @@ def test_steps_match_transformers(name, graphs):
 def test_fused_ops_match_transformers_and_come_off_again():
     """fused_ops swaps every RMSNorm and MLP forward of the decoder for kernel-backed ones
     with the same logits; a backend without it on the same model swaps them back."""
-    from engine.backends.fused_layers import FUSED
+    from engine.backends.fused_layers import FORWARDS
 
     backend = backend_for(PagedAllocator(60, 4), fused_ops=True)
     swapped = [m for m in backend.hf.modules() if "forward" in m.__dict__]
-    assert {type(m).__name__ for m in swapped} == set(FUSED)
+    assert {type(m).__name__ for m in swapped} == set(FORWARDS)
     assert len(swapped) == 3 * backend.hf.config.num_hidden_layers + 1
     rec = Recorder(backend)
     run_scenario(backend)
