@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -146,19 +148,18 @@ def run_generate_batch(hf, reqs: list[Request], vocab: int) -> dict:
     return dict(tokens=tokens, wall_s=wall, requests=len(outputs))
 
 
-def decode_step(
-    hf, spec: ModelSpec, batch: int, context: int, steps: int = 20, fused_ops: bool = False
-) -> dict:
-    """Median decode step (graph replay) of `batch` sequences holding `context` tokens; with
-    `fused_ops`, the backend's fused elementwise kernels (the model is left unfused after)."""
+def decode_batch(
+    hf, spec: ModelSpec, batch: int, context: int, steps: int, fused_ops: bool = False
+) -> tuple[Any, Callable[[], float]]:
+    """A paged model backend, graphs captured, holding `batch` sequences of `context` tokens
+    (random KV) with room for `steps` decode steps, and a function that runs the next one
+    (returning its seconds)."""
     from engine.backends.base import StepBatch
-    from engine.backends.fused_layers import unfuse
     from engine.backends.model import ModelBackend
     from engine.sequence import Seq
     from workloads.tokens import GENERATED, UNIQUE, Tokens
 
-    grow = steps + 3
-    final = context + grow
+    final = context + steps
     alloc = PagedAllocator(batch * cdiv(final, 16), 16)
     seqs = [
         Seq(i + 1, context - 1, final, Tokens.from_chunks([((UNIQUE, i), context)], (GENERATED, i)))
@@ -173,14 +174,29 @@ def decode_step(
     backend.pool.k.normal_()
     backend.pool.v.normal_()
     backend.capture_graphs()
-    wall, kernel = [], []
-    for t in range(grow):  # the first step attends `context` tokens
+
+    def step() -> float:  # the first attends `context` tokens
         alloc.decode(seqs)
-        dt = backend.step(StepBatch(decode_seqs=seqs, num_decode=batch))
+        return backend.step(StepBatch(decode_seqs=seqs, num_decode=batch))
+
+    return backend, step
+
+
+def decode_step(
+    hf, spec: ModelSpec, batch: int, context: int, steps: int = 20, fused_ops: bool = False
+) -> dict:
+    """Median decode step (graph replay) of `batch` sequences holding `context` tokens; with
+    `fused_ops`, the backend's fused elementwise kernels (the model is left unfused after)."""
+    from engine.backends.fused_layers import unfuse
+
+    backend, step = decode_batch(hf, spec, batch, context, steps + 3, fused_ops)
+    wall, kernel = [], []
+    for t in range(steps + 3):
+        dt = step()
         if t >= 3:
             wall.append(dt)
             kernel.append(backend.last_kernel_s)
-    del backend  # the pools and graphs (they reference each other: collected below)
+    del backend, step  # the pools and graphs (they reference each other: collected below)
     unfuse(hf)
     _free()
     return dict(step_s=float(np.median(wall)), kernel_s=float(np.median(kernel)))

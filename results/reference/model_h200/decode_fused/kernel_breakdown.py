@@ -2,33 +2,20 @@
 from torch.profiler over 10 replays; grouped by kind."""
 import torch
 from torch.profiler import ProfilerActivity, profile
-from allocators import PagedAllocator
-from allocators.base import cdiv
-from engine.backends.base import StepBatch
 from engine.backends.hf_model import build_model
-from engine.backends.model import ModelBackend
 from engine.models import hf_config, model_spec
-from engine.sequence import Seq
-from workloads.tokens import GENERATED, UNIQUE, Tokens
+from experiments.model_bench import decode_batch
 
 spec, cfg = model_spec("llama3_8b"), hf_config("llama3_8b")
 hf = build_model(cfg, torch.bfloat16, torch.device("cuda"), seed=0)
-batch, context, grow = 64, 1024, 40
-final = context + grow
-alloc = PagedAllocator(batch * cdiv(final, 16), 16)
-seqs = [Seq(i + 1, context - 1, final, Tokens.from_chunks([((UNIQUE, i), context)], (GENERATED, i))) for i in range(batch)]
-for s in seqs:
-    alloc.allocate(s, s.prompt_len)
-be = ModelBackend(spec, alloc, max_seq_len=final, max_num_seqs=batch, hf_model=hf, config=hf.config, fused_ops=True)
-be.pool.k.normal_(); be.pool.v.normal_()
-be.capture_graphs()
+be, step = decode_batch(hf, spec, 64, 1024, 40, fused_ops=True)  # (as run: the same, inline)
 for t in range(5):
-    alloc.decode(seqs); be.step(StepBatch(decode_seqs=seqs, num_decode=batch))
+    step()
 N = 10
 kern = 0.0
 with profile(activities=[ProfilerActivity.CUDA]) as prof:
     for t in range(N):
-        alloc.decode(seqs); be.step(StepBatch(decode_seqs=seqs, num_decode=batch)); kern += be.last_kernel_s
+        step(); kern += be.last_kernel_s
 print(f"event-timed GPU time per step {kern / N * 1e3:.3f} ms")
 rows = [(e.key, e.device_time_total / N / 1e3, e.count // N) for e in prof.key_averages() if e.device_time_total > 0]
 rows.sort(key=lambda r: -r[1])
