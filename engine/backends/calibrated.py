@@ -86,9 +86,9 @@ class ProfiledCost:
                 )
             if v > EXTRAPOLATE * most:
                 scaled = name in MOVED and self.unit_scale != 1
-                unit = " (in the profile's blocks)" if scaled else ""
+                shown = f"{v:,.1f} (in the profile's blocks)" if scaled else f"{v:,.0f}"
                 raise KvbenchError(
-                    f"{self.path}: a step has {name} = {v:,.0f}{unit}, beyond {EXTRAPOLATE:g}x "
+                    f"{self.path}: a step has {name} = {shown}, beyond {EXTRAPOLATE:g}x "
                     f"the largest measured ({most:,.0f}); measure a larger grid"
                 )
             if name not in self._warned:
