@@ -186,9 +186,7 @@ def decode_step(
     hf, spec: ModelSpec, batch: int, context: int, steps: int = 20, fused_ops: bool = False
 ) -> dict:
     """Median decode step (graph replay) of `batch` sequences holding `context` tokens; with
-    `fused_ops`, the backend's fused elementwise kernels (the model is left unfused after)."""
-    from engine.backends.fused_layers import unfuse
-
+    `fused_ops`, kvbench's fused Llama forward."""
     backend, step = decode_batch(hf, spec, batch, context, steps + 3, fused_ops)
     wall, kernel = [], []
     for t in range(steps + 3):
@@ -197,7 +195,6 @@ def decode_step(
             wall.append(dt)
             kernel.append(backend.last_kernel_s)
     del backend, step  # the pools and graphs (they reference each other: collected below)
-    unfuse(hf)
     _free()
     return dict(step_s=float(np.median(wall)), kernel_s=float(np.median(kernel)))
 

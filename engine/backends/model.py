@@ -24,7 +24,6 @@ kept out of it (or done before the run: `capture_graphs`).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ import torch
 from allocators.base import KVAllocator, cdiv
 from engine.backends.attention import AttentionBackend, _Batch
 from engine.backends.base import StepBatch
-from engine.backends.fused_layers import fuse, fused_rotary, unfuse
+from engine.backends.fused_llama import FusedLlama
 from engine.backends.hf_model import StepContext, build_model
 from engine.backends.model_graphs import ModelGraphs
 from engine.models import ModelSpec, hf_config
@@ -70,9 +69,9 @@ class ModelBackend(AttentionBackend):
                 vattention's virtual rows).
             mixed_graphs: with `graphs`, steps with prefills replay graphs too (False: they
                 run eagerly, kernel by kernel, as before graphs covered them).
-            fused_ops: Llama RMSNorms, SiLU MLP activations and rotary embeddings run as
-                one kernel each (engine/backends/fused_layers.py); False: transformers'
-                eager ops. It sets the state of a shared `hf_model` either way.
+            fused_ops: Llama models run kvbench's forward over the modules' weights
+                (engine/backends/fused_llama.py: packed projections, fused norms, residual
+                adds, activation and rotary embedding); False: transformers' own forward.
             init_std: standard deviation of the random weights.
             config: a transformers config (default: the `model=` preset's); its shapes must
                 be the ModelSpec's.
@@ -89,14 +88,7 @@ class ModelBackend(AttentionBackend):
         self.hf = hf_model if hf_model is not None else build_model(
             cfg, self.dtype, self.device, init_std, seed
         )  # fmt: skip
-        if not fused_ops:
-            unfuse(self.hf)
-        elif not fuse(self.hf):
-            raise KvbenchError(
-                f"backend.fused_ops: {model.name} has none of the modules kvbench fuses "
-                "(Llama's RMSNorm, SiLU MLP and rotary embedding); set backend.fused_ops=false"
-            )
-        self._scope = (lambda: fused_rotary(self.hf)) if fused_ops else contextlib.nullcontext
+        self.fused = FusedLlama(self.hf, model.name) if fused_ops else None
         self.body = self.hf.base_model  # the decoder without lm_head
         head = self.hf.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, head.bias  # [vocab, hidden]
@@ -130,11 +122,13 @@ class ModelBackend(AttentionBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The model over one packed step: ids/pos [num_new]; returns logits [num_rows, vocab]
         and their argmax at `rows` (default: every token), into logits/next_ids if given."""
-        with self._scope():
+        ctx = StepContext(self, b)
+        if self.fused is not None:
+            h = self.fused(ids, pos, ctx)
+        else:
             h = self.body(
-                input_ids=ids[None], position_ids=pos[None], use_cache=False,
-                kvbench=StepContext(self, b),
-            ).last_hidden_state[0]  # fmt: skip
+                input_ids=ids[None], position_ids=pos[None], use_cache=False, kvbench=ctx
+            ).last_hidden_state[0]
         if rows is not None:
             h = h[rows]
         logits = torch.mm(h, self.head_weight.t(), out=logits)

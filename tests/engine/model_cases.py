@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.backends.fused_layers import unfuse
 from engine.backends.model import ModelBackend
 from engine.models import ModelSpec
 
@@ -86,7 +85,6 @@ def reference(hf: torch.nn.Module, ids: np.ndarray, first: int) -> torch.Tensor:
 def reference_model(backend: ModelBackend) -> torch.nn.Module:
     """The backend's weights in float32 with transformers' SDPA attention."""
     ref = copy.deepcopy(backend.hf).float()
-    unfuse(ref)  # transformers' own forwards
     ref.set_attn_implementation("sdpa")
     return ref
 
@@ -107,7 +105,6 @@ def bf16_floor(backend: ModelBackend, records: list) -> float:
     its own cache) over the recorded sequences: the error the dtype alone makes. It grows with
     the hidden size."""
     own = copy.deepcopy(backend.hf)
-    unfuse(own)
     own.set_attn_implementation("sdpa")
     ref_model, worst = reference_model(backend), 0.0
     for rows in _by_seq(records).values():

@@ -95,48 +95,47 @@ def test_steps_match_transformers(name, graphs):
         assert sorted(backend.graphs.mixed) == [(0, 64), (8, 64)]
 
 
-def test_fused_ops_match_transformers_and_come_off_again():
-    """fused_ops swaps every RMSNorm and MLP forward of the decoder for kernel-backed ones
-    with the same logits; a backend without it on the same model swaps them back."""
-    from engine.backends.fused_layers import FORWARDS
+@pytest.mark.parametrize("kind", ["paged", "static"])
+def test_fused_ops_match_transformers(kind):
+    """fused_ops runs kvbench's Llama forward (every layer through the fused kernels) with the
+    logits of transformers' own; the modules' q/k/v and gate/up weights become views of the
+    packed tensors, so transformers' forward of the same model is unchanged."""
+    from engine.backends import fused_llama
 
-    backend = backend_for(PagedAllocator(60, 4), fused_ops=True)
-    swapped = [m for m in backend.hf.modules() if "forward" in m.__dict__]
-    assert {type(m).__name__ for m in swapped} == set(FORWARDS)
-    assert len(swapped) == 3 * backend.hf.config.num_hidden_layers + 1
+    cfg = llama_config()
+    plain = backend_for(ALLOCATORS[kind](), cfg)
+    before = {name: p.clone() for name, p in plain.hf.named_parameters()}
+    backend = backend_for(ALLOCATORS[kind](), cfg, fused_ops=True, hf_model=plain.hf)
+    for layer, w in zip(backend.hf.base_model.layers, backend.fused.packed, strict=True):
+        attn, mlp = layer.self_attn, layer.mlp
+        parts = (attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)
+        for whole, linears in zip((w.qkv, w.gate_up), parts, strict=True):
+            assert torch.equal(whole, torch.cat([m.weight for m in linears]))
+            assert linears[0].weight.data_ptr() == whole.data_ptr(), "views, not copies"
+    after = dict(backend.hf.named_parameters())
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], p) for name, p in before.items())
+    calls, steps = [], []
+    real = fused_llama.rotary
+    fused_llama.rotary = lambda *a: calls.append(a[0].shape[0]) or real(*a)
     rec = Recorder(backend)
-    run_scenario(backend)
-    assert max_rel_error(backend, rec.records) < TOL
-    again = ModelBackend(
-        backend.model, PagedAllocator(60, 4), "float32", device="cpu",
-        config=backend.hf.config, hf_model=backend.hf,
-    )  # fmt: skip
-    assert not any("forward" in m.__dict__ for m in again.hf.modules())
-    with pytest.raises(KvbenchError, match=r"backend\.fused_ops: \w+ has none of the modules"):
-        backend_for(PagedAllocator(60, 4), opt_config(), fused_ops=True)
-
-
-def test_fused_rotary_is_scoped_to_the_block():
-    """The rotary kernels stand in for transformers' function inside the block only, and the
-    forward uses them (a wrong kernel changes the logits)."""
-    from transformers.models.llama import modeling_llama
-
-    from engine.backends import fused_layers
-
-    own = modeling_llama.apply_rotary_pos_emb
-    backend = backend_for(PagedAllocator(60, 4), fused_ops=True)
-    with pytest.raises(RuntimeError), fused_layers.fused_rotary(backend.hf):
-        assert modeling_llama.apply_rotary_pos_emb is fused_layers._rotary_pair
-        raise RuntimeError
-    assert modeling_llama.apply_rotary_pos_emb is own
-    calls = []
-    real = fused_layers.rotary
-    fused_layers.rotary = lambda x, c, s: calls.append(x.shape) or real(x, c, s)
+    step = backend.step
+    backend.step = lambda batch: steps.append(batch) or step(batch)
     try:
         run_scenario(backend)
     finally:
-        fused_layers.rotary = real
-    assert len(calls) >= 2 * backend.hf.config.num_hidden_layers
+        fused_llama.rotary = real
+    assert len(calls) == cfg.num_hidden_layers * len(steps), "every layer of every step"
+    assert max_rel_error(backend, rec.records) < TOL
+
+
+def test_fused_ops_refuse_what_they_cannot_run():
+    with pytest.raises(KvbenchError, match=r"backend\.fused_ops: test \(opt\) is not a Llama"):
+        backend_for(PagedAllocator(60, 4), opt_config(), fused_ops=True)
+    cfg = llama_config()
+    cfg.attention_bias = True
+    with pytest.raises(KvbenchError, match="has projection biases"):
+        backend_for(PagedAllocator(60, 4), cfg, fused_ops=True)
 
 
 def test_prefix_hit_computes_only_the_new_tokens():

@@ -99,9 +99,11 @@ def test_vattention_maps_pages_for_the_model():
     backend.close()
 
 
-def test_fused_ops_with_graphs():
-    """fused_ops' kernels inside captured decode and mixed graphs, with forks and swaps."""
-    backend = small(alloc=PagedAllocator(90, 16), fused_ops=True)
+@pytest.mark.parametrize("kind", ["paged-16", "static-oracle"])
+def test_fused_ops_with_graphs(kind):
+    """kvbench's fused Llama forward inside captured decode and mixed graphs, with forks and
+    swaps, over paged and contiguous kernels."""
+    backend = small(alloc=ALLOCATORS[kind](), fused_ops=True)
     result, rec = run_engine(backend, "swap")
     assert result.num_preemptions > 0 and backend.graphs.graphs and backend.graphs.mixed
     assert max_rel_error(backend, rec.records) < TOL
