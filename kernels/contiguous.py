@@ -62,6 +62,7 @@ def contiguous_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    split_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode attention over contiguous ranges: q [num_seqs, num_heads, head_dim] -> out.
 
@@ -70,7 +71,7 @@ def contiguous_decode(
     k, v, starts = _as_pool(q, k_slots, v_slots, seq_starts, seq_lens)
     return launch_decode(
         q, k, v, starts, seq_lens, scale, out, True,
-        max_seq_len, num_tokens, num_splits, block_n, num_warps, num_stages,
+        max_seq_len, num_tokens, num_splits, block_n, num_warps, num_stages, split_tokens,
     )  # fmt: skip
 
 

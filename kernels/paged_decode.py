@@ -70,6 +70,17 @@ def load_kv_tile(
 # 32 splits), and the table's stride and the lengths pointer depend on how the caller slices
 # its rows: they are not specialized, so a serving run never compiles mid-step (a compile
 # costs 0.3-1 s). The KV and query pointers keep their alignment (vectorized loads).
+@triton.jit
+def split_size(
+    seq_len, num_splits, min_tokens_per_split, split_tokens_ptr,
+    BLOCK_N: tl.constexpr, READ_MIN: tl.constexpr,
+):  # fmt: skip
+    """Tokens per split of one sequence: its length over num_splits in whole tiles, at least
+    the minimum (READ_MIN: read from split_tokens_ptr, which a graph replay sets per step)."""
+    least = tl.load(split_tokens_ptr) if READ_MIN else min_tokens_per_split
+    return tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, least)
+
+
 @triton.jit(do_not_specialize=["seq_lens_ptr", "stride_bt", "num_splits", "min_tokens_per_split"])
 def _decode_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
@@ -95,12 +106,14 @@ def _decode_kernel(
     num_heads,
     num_splits,  # programs along axis 2 (a run-time value: no recompile per split count)
     min_tokens_per_split,  # a multiple of BLOCK_N
+    split_tokens_ptr,  # [1] int32: the minimum instead, read on the GPU (READ_MIN)
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,  # num_splits > 1: write partial results for the merge kernel
+    READ_MIN: tl.constexpr,
     CONTIGUOUS: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -110,8 +123,8 @@ def _decode_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     # NOTE: each sequence's split size comes from its own length on the GPU, not from a host
     # maximum, so a CUDA graph captured at a long maximum keeps every split busy on replay.
-    tokens_per_split = tl.maximum(
-        tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, min_tokens_per_split
+    tokens_per_split = split_size(
+        seq_len, num_splits, min_tokens_per_split, split_tokens_ptr, BLOCK_N, READ_MIN
     )
     start = split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, seq_len)
@@ -154,51 +167,66 @@ def _decode_kernel(
         m = m_new
 
     g_rows = (seq * stride_os + heads * stride_oh)[:, None]
-    if not SPLIT:
+    # a sequence in one piece (always, unsplit) is finished here; its merge row does nothing
+    whole = tokens_per_split >= seq_len
+    if whole & (split == 0):
         out = acc / l_sum[:, None]
         tl.store(
-            out_ptr + g_rows + offs_d[None, :],
-            out.to(out_ptr.dtype.element_ty),
+            out_ptr + g_rows + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
             mask=g_mask[:, None],
-        )
-    else:
-        part = (seq * num_heads + heads) * num_splits + split  # partial results are contiguous
+        )  # fmt: skip
+    if SPLIT and tokens_per_split < seq_len:
+        part = (seq * num_heads + heads) * num_splits + split  # partials are contiguous
         tl.store(
-            part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=g_mask[:, None]
-        )
+            part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc,
+            mask=g_mask[:, None],
+        )  # fmt: skip
         tl.store(part_ml_ptr + part * 2, m, mask=g_mask)
         tl.store(part_ml_ptr + part * 2 + 1, l_sum, mask=g_mask)
 
 
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit(do_not_specialize=["seq_lens_ptr", "num_splits", "min_tokens_per_split"])
 def _merge_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
     part_acc_ptr,  # [num_seqs * num_heads, num_splits, head_dim] fp32
     part_ml_ptr,  # [num_seqs * num_heads, num_splits, 2] fp32
+    seq_lens_ptr,  # [num_seqs] int32
     num_heads,
     stride_os,
     stride_oh,
     num_splits,
+    min_tokens_per_split,
+    split_tokens_ptr,
     HEAD_DIM: tl.constexpr,
     BLOCK_S: tl.constexpr,  # >= num_splits (one compile serves every split count)
+    BLOCK_N: tl.constexpr,  # the decode kernel's
+    READ_MIN: tl.constexpr,
 ):
     row = tl.program_id(0)  # seq * num_heads + head
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
-    s_mask = offs_s < num_splits
-    base = row * num_splits + offs_s
-    m = tl.load(part_ml_ptr + base * 2, mask=s_mask, other=float("-inf"))
-    l_sum = tl.load(part_ml_ptr + base * 2 + 1, mask=s_mask, other=0.0)
-    acc = tl.load(
-        part_acc_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], mask=s_mask[:, None], other=0.0
-    )
-    m_max = tl.max(m, 0)
-    w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)  # empty splits weigh nothing
-    out = tl.sum(acc * w[:, None], 0) / tl.sum(l_sum * w, 0)
     seq, head = row // num_heads, row % num_heads
-    tl.store(
-        out_ptr + seq * stride_os + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    tokens_per_split = split_size(
+        seq_len, num_splits, min_tokens_per_split, split_tokens_ptr, BLOCK_N, READ_MIN
     )
+    if tokens_per_split < seq_len:  # else one piece: the decode kernel wrote the output
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, HEAD_DIM)
+        s_mask = offs_s < num_splits
+        base = row * num_splits + offs_s
+        m = tl.load(part_ml_ptr + base * 2, mask=s_mask, other=float("-inf"))
+        l_sum = tl.load(part_ml_ptr + base * 2 + 1, mask=s_mask, other=0.0)
+        acc = tl.load(
+            part_acc_ptr + base[:, None] * HEAD_DIM + offs_d[None, :],
+            mask=s_mask[:, None],
+            other=0.0,
+        )
+        m_max = tl.max(m, 0)
+        w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)  # empty splits weigh nothing
+        out = tl.sum(acc * w[:, None], 0) / tl.sum(l_sum * w, 0)
+        tl.store(
+            out_ptr + seq * stride_os + head * stride_oh + offs_d,
+            out.to(out_ptr.dtype.element_ty),
+        )
 
 
 def _tile_kwargs(tile: Tile) -> dict[str, int]:
@@ -277,6 +305,24 @@ def default_splits(
     return max(1, min(want, MAX_SPLITS, triton.cdiv(max_len, 2 * block_n))), piece
 
 
+def default_block_n(head_dim: int) -> int:
+    """The decode tile's tokens when no tile is chosen (graph captures): every tile set's first."""
+    assert PAGED_TILES[0][0] == CONTIGUOUS_TILES[0][0]
+    return 32 if head_dim > 128 else PAGED_TILES[0][0]
+
+
+def split_tokens_for(
+    programs: int, max_len: int, mean_len: float, num_splits: int, head_dim: int, num_sms: int
+) -> int:
+    """The fewest tokens per split that gives a decode captured with `num_splits` splits the
+    split count `default_splits` chooses for this step's lengths (a graph replay's
+    `split_tokens`): equal lengths over 2 x SMs programs run in one piece and skip the merge."""
+    block_n = default_block_n(head_dim)
+    want, piece = default_splits(programs, max_len, block_n, num_sms, mean_len)
+    want = min(want, num_splits)
+    return max(piece, triton.cdiv(triton.cdiv(max_len, want), block_n) * block_n)
+
+
 def paged_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -291,6 +337,7 @@ def paged_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    split_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode attention: q [num_seqs, num_heads, head_dim] -> out of the same shape.
 
@@ -299,11 +346,16 @@ def paged_decode(
             CUDA graph, the captured bound; each sequence's splits follow its own length.
         num_tokens: sum of seq_lens, if the caller knows it: ragged batches split better.
         num_splits, block_n, num_warps, num_stages: override the launch heuristics.
+        split_tokens: with num_splits, a device int32 [1]: each split holds at least this
+            many tokens (a multiple of the tile), read on the GPU - a CUDA graph captured
+            with num_splits splits then splits as each replay sets it (`split_tokens_for`);
+            sequences in one piece skip the merge. None: num_splits pieces of every sequence
+            (at least one tile each).
     """
     check_pool(q, k_cache, v_cache, block_table, seq_lens)
     return launch_decode(
         q, k_cache, v_cache, block_table, seq_lens, scale, out, False,
-        max_seq_len, num_tokens, num_splits, block_n, num_warps, num_stages,
+        max_seq_len, num_tokens, num_splits, block_n, num_warps, num_stages, split_tokens,
     )  # fmt: skip
 
 
@@ -322,6 +374,7 @@ def launch_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    split_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The decode launch shared by the paged (index = block table) and contiguous (index =
     [num_seqs, 1] first slots, pool viewed with block_size 1) wrappers; inputs checked.
@@ -340,9 +393,11 @@ def launch_decode(
     max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
     tiles = CONTIGUOUS_TILES if contiguous else PAGED_TILES
     pinned = (block_n, num_warps, num_stages) != (None, None, None)
-    block_n = block_n or (32 if head_dim > 128 else tiles[0][0])
+    block_n = block_n or default_block_n(head_dim)
     min_split = block_n  # an explicit split count really splits
     mean = num_tokens / num_seqs if num_tokens is not None else None
+    if split_tokens is not None and (num_splits is None or split_tokens.dtype != torch.int32):
+        raise ValueError("split_tokens: a device int32 [1] beside an explicit num_splits")
     if num_splits is None:
         num_splits, min_split = default_splits(
             num_seqs * num_kv_heads, max_len, block_n, _num_sms(q.device), mean
@@ -366,11 +421,12 @@ def launch_decode(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         index.stride(0), part_out.stride(0), part_out.stride(1), num_heads, num_splits,
-        min_split,
+        min_split, seq_lens if split_tokens is None else split_tokens,
     )  # fmt: skip
+    read_min = split_tokens is not None
     consts = dict(
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, SPLIT=num_splits > 1, CONTIGUOUS=contiguous,
+        BLOCK_SIZE=block_size, SPLIT=num_splits > 1, READ_MIN=read_min, CONTIGUOUS=contiguous,
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
     )  # fmt: skip
     tile = (block_n, num_warps or tiles[0][1], num_stages or tiles[0][2])
@@ -383,8 +439,9 @@ def launch_decode(
     _decode_kernel[grid](*args, **consts, **_tile_kwargs(tile))
     if num_splits > 1:
         _merge_kernel[(num_seqs * num_heads,)](
-            part_out, part_acc, part_ml, num_heads, part_out.stride(0), part_out.stride(1),
-            num_splits, HEAD_DIM=head_dim, BLOCK_S=MAX_SPLITS,
+            part_out, part_acc, part_ml, seq_lens, num_heads, part_out.stride(0),
+            part_out.stride(1), num_splits, min_split, args[-1], HEAD_DIM=head_dim,
+            BLOCK_S=MAX_SPLITS, BLOCK_N=tile[0], READ_MIN=read_min,
         )  # fmt: skip
         if part_out is not out:
             out.copy_(part_out)

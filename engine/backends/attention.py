@@ -58,6 +58,7 @@ class _Batch:
     max_query_len: int
     num_splits: int | None = None  # decode split-K count (None: the kernel's heuristic)
     max_prefill_len: int = 0  # the prefill rows' longest length (KV tokens after the step)
+    split_tokens: torch.Tensor | None = None  # graphs: the fewest tokens per split, on the GPU
 
 
 class AttentionBackend:
@@ -256,7 +257,7 @@ class AttentionBackend:
         nd = b.num_decode
         table, lens = b.table[:nd], b.lens[:nd]
         hint = dict(out=out, max_seq_len=b.max_decode_len, num_tokens=b.decode_tokens,
-                    num_splits=b.num_splits)  # fmt: skip
+                    num_splits=b.num_splits, split_tokens=b.split_tokens)  # fmt: skip
         if self.contiguous:
             contiguous_decode(q, k, v, table[:, 0], lens, self.scale, **hint)
         else:

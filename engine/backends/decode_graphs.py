@@ -8,7 +8,12 @@ by kernel launches (3 per layer), not by the GPU.
     table row 0 -> the null block, length 1, slot -1 (write_kv skips it)
 
 The kernels size their split-K from the lengths on the GPU, so one capture at the longest
-length the table can hold serves every replay. With verification, k/v (and the outputs) have
+length the table can hold serves every replay: a graph is captured with `graph_splits` splits
+(the most any replay uses), and each replay sets the device scalar `split_tokens`, the fewest
+tokens per split, to what the eager heuristic chooses for its lengths (`step_split_tokens`):
+equal lengths over 2 x SMs programs run in one piece and skip the merge, ragged batches cut
+their long sequences. (A fixed `splits` cuts every sequence into that many pieces instead.)
+With verification, k/v (and the outputs) have
 one slice per layer, filled from the tokens before each replay.
 """
 
@@ -21,6 +26,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
+
+from kernels.paged_decode import split_tokens_for
 
 if TYPE_CHECKING:
     from engine.backends.attention import AttentionBackend, _Batch
@@ -64,6 +71,13 @@ def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
     return max(1, min(8, max(4, -(-64 * num_sms // programs)), -(-max_len // 128)))
 
 
+def step_split_tokens(b: _Batch, splits: int, kv_heads: int, head_dim: int, num_sms: int) -> int:
+    """A replay's split_tokens for b's decode rows, under a graph of `splits` splits."""
+    n, longest = b.num_decode, max(b.max_decode_len, 1)
+    mean = b.decode_tokens / n if b.decode_tokens is not None and n else longest
+    return split_tokens_for(max(n, 1) * kv_heads, longest, mean, splits, head_dim, num_sms)
+
+
 class DecodeGraphs:
     def __init__(
         self, backend: AttentionBackend, width: int, max_len: int, splits: int | None = None
@@ -77,6 +91,7 @@ class DecodeGraphs:
         self.table = torch.zeros((n, width), dtype=torch.int32, device=dev)
         self.lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        self.split_tokens = torch.ones(1, dtype=torch.int32, device=dev)
         g = backend.gen
         self.q = torch.randn((n, m.num_heads, m.head_dim), generator=g, device=dev).to(dt)
         kv = (per_layer, n, m.num_kv_heads, m.head_dim)
@@ -105,6 +120,12 @@ class DecodeGraphs:
         self.lens[n:size] = 1
         self.slots[:n] = b.slots
         self.slots[n:size] = -1
+        if not self.splits:
+            m = self.backend.model
+            splits = graph_splits(size * m.num_kv_heads, self.max_len, self.num_sms)
+            self.split_tokens.fill_(
+                step_split_tokens(b, splits, m.num_kv_heads, m.head_dim, self.num_sms)
+            )
         graph = self.graphs.get(size)
         if graph is not None:
             return graph, 0.0
@@ -123,7 +144,7 @@ class DecodeGraphs:
         splits = self.splits or graph_splits(size * m.num_kv_heads, self.max_len, self.num_sms)
         b = _Batch(
             self.table[:size], self.lens[:size], self.slots[:size], self.lens[:1], size,
-            self.max_len, None, 0, splits,
+            self.max_len, None, 0, splits, split_tokens=None if self.splits else self.split_tokens,
         )  # fmt: skip
         last = self.k.shape[0] - 1
         for layer in range(self.backend.num_layers):

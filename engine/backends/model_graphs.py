@@ -41,7 +41,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.backends.attention import _Batch
-from engine.backends.decode_graphs import BUCKETS, bucket, copy_rows, graph_splits, no_gc
+from engine.backends.decode_graphs import (
+    BUCKETS,
+    bucket,
+    copy_rows,
+    graph_splits,
+    no_gc,
+    step_split_tokens,
+)
 
 if TYPE_CHECKING:
     from engine.backends.model import ModelBackend
@@ -88,6 +95,7 @@ class ModelGraphs:
         self.ids = torch.zeros(tokens, dtype=torch.int64, device=dev)
         self.pos = torch.zeros(tokens, dtype=torch.int64, device=dev)
         self.rows = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self.split_tokens = torch.ones(1, **as_i32)  # decode_graphs.py
         self._arange = torch.arange(rows, dtype=torch.int64, device=dev)
         self.logits = torch.empty((rows, backend.vocab_size), dtype=backend.dtype, device=dev)
         self.next_ids = torch.zeros(rows, dtype=torch.int64, device=dev)
@@ -142,6 +150,11 @@ class ModelGraphs:
             self.rows[n : n + p] = b.query_start[1:] + (d - 1)
             self.rows[n + p :] = 0
             key, graphs, num_out = (d, tb), self.mixed, n + p
+        if not self.splits and n:
+            m, size = self.backend.model, key if isinstance(key, int) else key[0]
+            self.split_tokens.fill_(step_split_tokens(
+                b, self._grid_splits(size), m.num_kv_heads, m.head_dim, self.num_sms
+            ))  # fmt: skip
         graph = graphs.get(key)
         if graph is not None:
             return graph, num_out, 0.0
@@ -191,18 +204,22 @@ class ModelGraphs:
             self.ids[lo:hi] = 0
             self.pos[lo:hi] = 0
 
+    def _grid_splits(self, size: int) -> int:
+        """The decode split-K a graph of `size` decode rows is captured with."""
+        kv_heads = self.backend.model.num_kv_heads
+        return self.splits or graph_splits(max(size, 1) * kv_heads, self.max_len, self.num_sms)
+
     def _forward(self, key: int | tuple[int, int]) -> None:
         """The padded forward of one bucket: decode-only (an int) or mixed (a pair)."""
         size, tokens = (key, 0) if isinstance(key, int) else key
-        kv_heads = self.backend.model.num_kv_heads
-        splits = self.splits or graph_splits(max(size, 1) * kv_heads, self.max_len, self.num_sms)
         if tokens:
             rows, qs = size + MAX_PREFILLS, self.query_start
         else:
             rows, qs = size, self.lens[:1]  # no prefill rows
         b = _Batch(
             self.table[:rows], self.lens[:rows], self.slots[: size + tokens], qs, size,
-            self.max_len, None, tokens, splits,
+            self.max_len, None, tokens, self._grid_splits(size),
+            split_tokens=None if self.splits else self.split_tokens,
         )  # fmt: skip
         out = slice(0, rows)
         self.backend.forward(

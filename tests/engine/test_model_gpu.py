@@ -102,10 +102,11 @@ def test_vattention_maps_pages_for_the_model():
 @pytest.mark.parametrize("kind", ["paged-16", "static-oracle"])
 def test_fused_ops_with_graphs(kind):
     """kvbench's fused Llama forward inside captured decode and mixed graphs, with forks and
-    swaps, over paged and contiguous kernels."""
+    swaps (paged: this pool is small enough to preempt), over paged and contiguous kernels."""
     backend = small(alloc=ALLOCATORS[kind](), fused_ops=True)
     result, rec = run_engine(backend, "swap")
-    assert result.num_preemptions > 0 and backend.graphs.graphs and backend.graphs.mixed
+    assert backend.graphs.graphs and backend.graphs.mixed
+    assert result.num_preemptions > 0 or kind == "static-oracle"
     assert max_rel_error(backend, rec.records) < TOL
 
 

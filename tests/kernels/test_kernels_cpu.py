@@ -8,7 +8,7 @@ import torch
 from kernels import reference
 from kernels.cache_ops import copy_blocks, write_kv
 from kernels.contiguous import contiguous_decode, contiguous_prefill, pick_backend, sdpa_decode
-from kernels.paged_decode import paged_decode
+from kernels.paged_decode import paged_decode, split_tokens_for
 from kernels.paged_prefill import paged_prefill
 from tests.kernels.cases import make_pool, make_slots, rel_err
 
@@ -97,6 +97,37 @@ def test_decode_splits_follow_gpu_lengths_not_the_host_bound():
     ref = reference.paged_decode(q, k, v, table, seq_lens, D**-0.5)
     out = paged_decode(q, k, v, table, seq_lens, D**-0.5, max_seq_len=4096, block_n=16)
     assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("least", [16, 32, 48, 1000])
+def test_decode_split_tokens_read_on_the_gpu(least):
+    """split_tokens (a device scalar a graph replay sets) sizes every sequence's pieces: some
+    rows in one piece (written by the decode kernel, skipped by the merge), some split."""
+    lens = [1, 17, 40, 70]
+    tokens = torch.tensor([least], dtype=torch.int32)
+    k, v, table, seq_lens = make_pool(lens, 4, 2, D, torch.float32, "cpu")
+    q = torch.randn(len(lens), 4, D)
+    out = torch.full_like(q, float("nan"))
+    paged_decode(q, k, v, table, seq_lens, D**-0.5, out=out, max_seq_len=4096, num_splits=4,
+                 block_n=16, split_tokens=tokens)  # fmt: skip
+    assert rel_err(out, reference.paged_decode(q, k, v, table, seq_lens, D**-0.5)) < 1e-5
+    with pytest.raises(ValueError, match="split_tokens"):
+        paged_decode(q, k, v, table, seq_lens, 1.0, split_tokens=tokens)
+    k, v, starts, seq_lens = make_slots(lens, 2, D, torch.float32, "cpu")
+    out = torch.full_like(q, float("nan"))
+    contiguous_decode(q, k, v, starts, seq_lens, D**-0.5, out=out, max_seq_len=4096,
+                      num_splits=4, block_n=16, split_tokens=tokens)  # fmt: skip
+    assert rel_err(out, reference.contiguous_decode(q, k, v, starts, seq_lens, D**-0.5)) < 1e-5
+
+
+def test_split_tokens_follow_the_eager_split_choice():
+    """A graph's pieces per step (grid of 8 splits, H200's 132 SMs, head_dim 128): equal
+    lengths over 2 x SMs programs in one piece; few programs cut into the grid's 8; a ragged
+    batch cuts its long sequences only."""
+    assert split_tokens_for(512, 1024, 1024.0, 8, 128, 132) >= 1024
+    assert split_tokens_for(16, 1024, 1024.0, 8, 128, 132) == 128
+    tokens = split_tokens_for(512, 4096, 1024.0, 8, 128, 132)
+    assert 1 < -(-4096 // tokens) <= 8 and tokens >= 512 and tokens % 64 == 0
 
 
 def test_contiguous_prefill_plain_and_chunked():
