@@ -85,7 +85,9 @@ def gemm_flops(m: int = 8192, k: int = 4096, n: int = 14336) -> float:
     return 2 * m * k * n / (bench(lambda: a @ b) * 1e-3)
 
 
-def run_kvbench(hf, spec: ModelSpec, reqs: list[Request], max_batched: int) -> dict:
+def run_kvbench(
+    hf, spec: ModelSpec, reqs: list[Request], max_batched: int, fused_ops: bool = False
+) -> dict:
     """The workload through the engine and the model backend (paged, block 16)."""
     from engine.backends.model import ModelBackend
     from engine.scheduler import Engine, EngineLimits
@@ -95,7 +97,7 @@ def run_kvbench(hf, spec: ModelSpec, reqs: list[Request], max_batched: int) -> d
     longest = max(r.prompt_len + r.output_len for r in reqs)
     backend = ModelBackend(
         spec, alloc, max_seq_len=longest, max_num_seqs=len(reqs), hf_model=hf,
-        config=hf.config,
+        config=hf.config, fused_ops=fused_ops,
     )  # fmt: skip
     capture_s = backend.capture_graphs()
     limits = EngineLimits(max_num_seqs=len(reqs), max_num_batched_tokens=max_batched)
@@ -223,8 +225,8 @@ def measure(args: argparse.Namespace) -> Rows:
     rows.put("copy_bandwidth", bw / 1e12, "TB/s (read+write)")
     rows.put("gemm_bf16", flops / 1e12, "TFLOP/s")
     reqs = requests(shape, args.seed)
-    speed = kvbench_rows(rows, run_kvbench(hf, spec, reqs, args.max_batched_tokens), spec, shape,
-                         bw, flops)  # fmt: skip
+    kv = run_kvbench(hf, spec, reqs, args.max_batched_tokens, args.fused_ops)
+    speed = kvbench_rows(rows, kv, spec, shape, bw, flops)
     if not args.no_baseline:
         gb = run_generate_batch(hf, reqs, cfg.vocab_size)
         rows.put("generate_batch_wall_s", gb["wall_s"], "s")
@@ -281,6 +283,10 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip generate_batch")
     ap.add_argument("--max-batched-tokens", type=int, default=16384)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--fused-ops", action="store_true",
+        help="kvbench's run with backend.fused_ops (the decode rows measure both)",
+    )  # fmt: skip
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("error: kvbench-model-bench needs a CUDA GPU; torch sees none", file=sys.stderr)
@@ -293,6 +299,7 @@ def main() -> None:
     header = (
         f"card: {card}; {args.model} shapes, random weights, bf16; {shape.num_requests} "
         f"requests x {shape.prompt_len} prompt + {shape.output_len} output tokens, all at t=0"
+        + ("; kvbench's run with fused_ops" if args.fused_ops else "")
     )
     args.out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows, columns=["metric", "value", "unit"]).assign(card=card)

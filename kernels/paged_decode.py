@@ -128,6 +128,8 @@ def _decode_kernel(
     )
     start = split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, seq_len)
+    if start >= end:  # past the sequence's last piece (the merge reads only real pieces)
+        return
 
     offs_g = tl.arange(0, BLOCK_G)  # [BLOCK_G] query heads of this KV head
     offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
@@ -208,10 +210,11 @@ def _merge_kernel(
     tokens_per_split = split_size(
         seq_len, num_splits, min_tokens_per_split, split_tokens_ptr, BLOCK_N, READ_MIN
     )
-    if tokens_per_split < seq_len:  # else one piece: the decode kernel wrote the output
+    pieces = tl.cdiv(seq_len, tokens_per_split)
+    if pieces > 1:  # else the decode kernel wrote the output
         offs_s = tl.arange(0, BLOCK_S)
         offs_d = tl.arange(0, HEAD_DIM)
-        s_mask = offs_s < num_splits
+        s_mask = offs_s < pieces
         base = row * num_splits + offs_s
         m = tl.load(part_ml_ptr + base * 2, mask=s_mask, other=float("-inf"))
         l_sum = tl.load(part_ml_ptr + base * 2 + 1, mask=s_mask, other=0.0)
@@ -221,7 +224,7 @@ def _merge_kernel(
             other=0.0,
         )
         m_max = tl.max(m, 0)
-        w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)  # empty splits weigh nothing
+        w = tl.where(s_mask, tl.exp2(m - m_max), 0.0)
         out = tl.sum(acc * w[:, None], 0) / tl.sum(l_sum * w, 0)
         tl.store(
             out_ptr + seq * stride_os + head * stride_oh + offs_d,
