@@ -71,10 +71,14 @@ def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
     return max(1, min(8, max(4, -(-64 * num_sms // programs)), -(-max_len // 128)))
 
 
-def step_split_tokens(b: _Batch, splits: int, kv_heads: int, head_dim: int, num_sms: int) -> int:
-    """A replay's split_tokens for b's decode rows, under a graph of `splits` splits."""
-    n, longest = b.num_decode, max(b.max_decode_len, 1)
-    mean = b.decode_tokens / n if b.decode_tokens is not None and n else longest
+def step_split_tokens(
+    n: int, longest: int, total: int | None, splits: int, kv_heads: int, head_dim: int,
+    num_sms: int,
+) -> int:  # fmt: skip
+    """A replay's split_tokens for its n decode rows (the longest holding `longest` tokens,
+    `total` in all when known), under a graph of `splits` splits."""
+    longest = max(longest, 1)
+    mean = total / n if total is not None and n else longest
     return split_tokens_for(max(n, 1) * kv_heads, longest, mean, splits, head_dim, num_sms)
 
 
@@ -123,9 +127,10 @@ class DecodeGraphs:
         if not self.splits:
             m = self.backend.model
             splits = graph_splits(size * m.num_kv_heads, self.max_len, self.num_sms)
-            self.split_tokens.fill_(
-                step_split_tokens(b, splits, m.num_kv_heads, m.head_dim, self.num_sms)
-            )
+            self.split_tokens.fill_(step_split_tokens(
+                n, b.max_decode_len, b.decode_tokens, splits, m.num_kv_heads, m.head_dim,
+                self.num_sms,
+            ))  # fmt: skip
         graph = self.graphs.get(size)
         if graph is not None:
             return graph, 0.0

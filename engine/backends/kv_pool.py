@@ -117,13 +117,14 @@ class KVPool:
 
 
 class SeqRows:
-    """seq_id -> a row of a GPU table holding its block table (paged) or first slot."""
+    """seq_id -> a row of a GPU table holding its block table (paged) or first slot. Row 0 is
+    nobody's and stays zero (the null row: padded graph rows read it)."""
 
     def __init__(self, device: torch.device, contiguous: bool) -> None:
         self.device, self.contiguous = device, contiguous
         self.table = torch.zeros((64, 1 if contiguous else 64), dtype=torch.int32, device=device)
         self._row: dict[int, int] = {}
-        self._free: list[int] = list(range(63, -1, -1))
+        self._free: list[int] = list(range(63, 0, -1))
         self._known: list[tuple[int, int]] = [(0, 0)] * 64  # (entries on the GPU, last entry)
 
     def release(self, seq_ids: Sequence[int]) -> None:
@@ -174,6 +175,12 @@ class SeqRows:
             width = max(int(updates[1].max()) + 1, 2 * self.table.shape[1])
             self.table = _grown(self.table, self.table.shape[0], width)
         return rows, lens, updates
+
+    def widen(self, cols: int) -> None:
+        """At least this many table columns from now on (a graph gathers rows as wide as its
+        own table in one launch)."""
+        if not self.contiguous and cols > self.table.shape[1]:
+            self.table = _grown(self.table, self.table.shape[0], cols)
 
     def apply(self, updates: torch.Tensor) -> None:
         """Write `sync`'s changed entries (now on the device) into the table."""

@@ -105,6 +105,8 @@ class ModelBackend(AttentionBackend):
             # NOTE: the device table starts 64 blocks wide: a graph takes at least that
             width = 1 if self.contiguous else max(cdiv(max_len, allocator.block_size), 64)
             sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+            if not self.contiguous:
+                self.rows.widen(width)
             self.graphs = ModelGraphs(
                 self, width, max_len, max_num_seqs, sms, graph_splits, mixed=mixed_graphs
             )
@@ -145,6 +147,30 @@ class ModelBackend(AttentionBackend):
         """An eager step: logits at every decode row and at each prefill chunk's last token."""
         ids, pos, rows = self._token_inputs(batch, with_rows=b.max_query_len > 0)
         self.last_logits, self.last_next_ids = self.forward(ids, pos, b, rows)
+
+    def _replay_decode(self, batch: StepBatch, events: list) -> float | None:
+        """A decode-only step from its bucket's graph: the table rows and lengths of `sync`,
+        the new tokens' ids, one copy of them to the device (ModelGraphs.decode); the slots
+        are found inside the graph. None: not a decode-only step the graphs take."""
+        graphs, seqs = self.graphs, batch.decode_seqs
+        if graphs is None or batch.prefills or not seqs or len(seqs) > graphs.max_batch:
+            return None
+        rows, lens, updates = self.rows.sync([s.seq_id for s in seqs], self.alloc)
+        if updates.size:
+            self.rows.apply(self._to_device(updates.ravel()).view(3, -1))
+        if not graphs.takes_decode(len(seqs), int(lens.max())):
+            if self.device.type == "cuda":  # the general path reuses the staging buffer
+                torch.cuda.synchronize(self.device)
+            return None
+        ids_of = self.tokens.get
+        ids = np.fromiter((ids_of(s)[p - 1] for s, p in zip(seqs, lens)), np.int64, len(seqs))
+        graph, capture_s = graphs.decode(ids, lens, rows, self.rows.table)
+        if events:
+            events[0].record()
+        graph.replay()
+        n = len(seqs)
+        self.last_logits, self.last_next_ids = graphs.logits[:n], graphs.next_ids[:n]
+        return capture_s
 
     def _graph_step(self, batch: StepBatch, b: _Batch, graphs: Any, events: list) -> float:
         ids, pos, _ = self._token_inputs(batch, with_rows=False)

@@ -22,6 +22,14 @@ Static buffers, shared by every graph (a step fills them, then replays):
                       rows 0..n-1, then each prefill's last token, then token 0 (padding)
     logits, next_ids  [max_batch + MAX_PREFILLS, ...]    outputs; a step reads its n + p rows
 
+ids, pos, slots and lens live in one buffer (StepInputs) with a host mirror. A decode-only
+step (`decode`, the backend's fast path) writes the mirror - token ids, positions, lengths,
+each row's row of the backend's table - and copies it over at once, gathers the table rows
+in one launch, and its graph finds each row's slot from its table row and length: one copy
+and one gather (and the table entries that changed) where the general path launches about
+twenty small operations. Mixed steps (`prepare`) fill the buffers from the backend's
+general step metadata.
+
 Padding attends to the null block: token 0 at position 0, table row of zeros, length 1, slot
 -1 (write_kv skips it); zero-length prefill rows do no work. The decode kernels size each
 sequence's splits from its length on the GPU and the prefill grid covers the token bucket,
@@ -36,8 +44,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from engine.backends.attention import _Batch
@@ -68,6 +77,48 @@ class _Eager:
 Graph = torch.cuda.CUDAGraph | _Eager
 
 
+class StepInputs:
+    """The graphs' per-step inputs in one device buffer, with a host mirror: a decode-only step
+    writes the mirror and copies it over in one transfer (no kernel launches of its own).
+
+        int64   ids, pos, slots [tokens]    row_index [rows]: each decode row's row of the
+                                            backend's table (0: the null row, padding)
+        int32   lens [rows]                 split_tokens [1], num_real [1] (decode rows that
+                                            are not padding)
+    """
+
+    def __init__(self, tokens: int, rows: int, device: torch.device) -> None:
+        self.tokens, self.rows = tokens, rows
+        size = 3 * tokens + rows + (rows + 3) // 2
+        self.host = torch.zeros(size, dtype=torch.int64, pin_memory=device.type == "cuda")
+        self.dev = torch.zeros(size, dtype=torch.int64, device=device)
+        self.mirror = self._carve(self.host.numpy())
+        for name, t in self._carve(self.dev).items():
+            setattr(self, name, t)
+        self.mirror["lens"][:] = 1
+        self.mirror["slots"][:] = -1
+        self.dev.copy_(self.host)
+
+    def _carve(self, buf: Any) -> dict[str, Any]:
+        t, r = self.tokens, self.rows
+        i32 = buf[3 * t + r :].view(np.int32 if isinstance(buf, np.ndarray) else torch.int32)
+        return dict(
+            ids=buf[:t], pos=buf[t : 2 * t], slots=buf[2 * t : 3 * t],
+            row_index=buf[3 * t : 3 * t + r], lens=i32[:r], split_tokens=i32[r : r + 1],
+            num_real=i32[r + 1 : r + 2],
+        )  # fmt: skip
+
+    def decode(self, size: int, ids, pos, lens, rows, split_tokens: int) -> None:
+        """A decode step of len(ids) rows padded to `size` (host arrays), on its way over."""
+        m, n = self.mirror, len(ids)
+        for name, real, pad in (("ids", ids, 0), ("pos", pos, 0), ("lens", lens, 1),
+                                ("row_index", rows, 0)):  # fmt: skip
+            m[name][:n] = real
+            m[name][n:size] = pad
+        m["split_tokens"][0], m["num_real"][0] = split_tokens, n
+        self.dev.copy_(self.host, non_blocking=True)
+
+
 class ModelGraphs:
     def __init__(
         self,
@@ -89,13 +140,11 @@ class ModelGraphs:
         self.num_sms, self.splits, self.capture_graphs = num_sms, splits, capture
         as_i32 = dict(dtype=torch.int32, device=dev)
         self.table = torch.zeros((rows, width), **as_i32)
-        self.lens = torch.ones(rows, **as_i32)
         self.query_start = torch.zeros(MAX_PREFILLS + 1, **as_i32)
-        self.slots = torch.full((tokens,), -1, dtype=torch.int64, device=dev)
-        self.ids = torch.zeros(tokens, dtype=torch.int64, device=dev)
-        self.pos = torch.zeros(tokens, dtype=torch.int64, device=dev)
         self.rows = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self.split_tokens = torch.ones(1, **as_i32)  # decode_graphs.py
+        self.inputs = StepInputs(tokens, rows, dev)
+        self.ids, self.pos, self.slots = self.inputs.ids, self.inputs.pos, self.inputs.slots
+        self.lens, self.split_tokens = self.inputs.lens, self.inputs.split_tokens
         self._arange = torch.arange(rows, dtype=torch.int64, device=dev)
         self.logits = torch.empty((rows, backend.vocab_size), dtype=backend.dtype, device=dev)
         self.next_ids = torch.zeros(rows, dtype=torch.int64, device=dev)
@@ -104,74 +153,106 @@ class ModelGraphs:
         self.mempool = torch.cuda.graph_pool_handle() if capture else None
         self.stream = torch.cuda.Stream(dev) if capture else None
 
+    def takes_decode(self, num_seqs: int, longest: int) -> bool:
+        """A decode-only step of these many sequences, the longest holding `longest` tokens,
+        replays a graph (`decode`)."""
+        return num_seqs <= self.max_batch and longest <= self.max_len
+
     def fits(self, b: _Batch) -> bool:
-        if b.max_decode_len > self.max_len or b.num_decode > self.max_batch:
+        """A mixed step (prefills, with or without decode rows) replays a graph (`prepare`)."""
+        if b.max_query_len == 0 or b.max_decode_len > self.max_len:
             return False
-        if b.max_query_len == 0:
-            return True
         num_prefills = b.query_start.shape[0] - 1
         return (
-            num_prefills <= MAX_PREFILLS
+            b.num_decode <= self.max_batch
+            and num_prefills <= MAX_PREFILLS
             and b.slots.shape[0] - b.num_decode <= self.max_tokens
             and b.max_prefill_len <= self.max_len
         )
 
-    def prepare(self, b: _Batch, ids: torch.Tensor, pos: torch.Tensor) -> tuple[Graph, int, float]:
-        """Fill the static inputs from b and the new tokens (ids, pos); returns the bucket's
-        graph (captured first if new), the number of logits rows the step owns, and the
-        seconds a capture took."""
-        n = b.num_decode
-        if b.max_query_len == 0:
-            size = bucket(n)
-            assert size is not None and size <= self.max_batch
-            copy_rows(self.table, b.table)
-            self.lens[:n] = b.lens
-            self._fill_tokens(0, ids, pos, b.slots)
-            self._pad(n, size, size)
-            key: int | tuple[int, int] = size
-            graphs: dict = self.graphs
-            num_out = n
-        else:
-            p, t = b.query_start.shape[0] - 1, b.slots.shape[0] - n
-            d = next(s for s in self.decode_sizes if s >= n)
-            tb = next(s for s in MIXED_TOKENS if s >= t)
-            copy_rows(self.table, b.table[:n])
-            copy_rows(self.table[d:], b.table[n:])
-            self.lens[:n] = b.lens[:n]
-            self.lens[d : d + p] = b.lens[n:]
-            self._fill_tokens(0, ids[:n], pos[:n], b.slots[:n])
-            self._fill_tokens(d, ids[n:], pos[n:], b.slots[n:])
-            self._pad(n, d, d + tb, first_token=d + t)
-            self.table[d + p : d + MAX_PREFILLS] = 0
-            self.lens[d + p : d + MAX_PREFILLS] = 1
-            self.query_start[: p + 1] = b.query_start
-            self.query_start[p + 1 :] = t
-            self.rows[:n] = self._arange[:n]
-            self.rows[n : n + p] = b.query_start[1:] + (d - 1)
-            self.rows[n + p :] = 0
-            key, graphs, num_out = (d, tb), self.mixed, n + p
-        if not self.splits and n:
-            m, size = self.backend.model, key if isinstance(key, int) else key[0]
-            self.split_tokens.fill_(step_split_tokens(
-                b, self._grid_splits(size), m.num_kv_heads, m.head_dim, self.num_sms
-            ))  # fmt: skip
-        graph = graphs.get(key)
+    def decode(
+        self, ids: np.ndarray, lens: np.ndarray, rows: np.ndarray, table: torch.Tensor
+    ) -> tuple[Graph, float]:
+        """Fill the static inputs of a decode-only step - each sequence's new token id, its
+        length after the step, its row of the backend's `table` (host arrays) - and return
+        its bucket's graph (captured first if new) with the seconds a capture took. One
+        host-to-device copy and one gather of the table rows; the graph finds each row's slot
+        from its table row and length."""
+        n = len(ids)
+        size = bucket(n)
+        assert size is not None and size <= self.max_batch
+        split = 1
+        if not self.splits:
+            m, total = self.backend.model, int(lens.sum())
+            split = step_split_tokens(
+                n, int(lens.max()), total, self._grid_splits(size), m.num_kv_heads, m.head_dim,
+                self.num_sms,
+            )  # fmt: skip
+        self.inputs.decode(size, ids, lens - 1, lens, rows, split)
+        self._gather(table, size)
+        graph = self.graphs.get(size)
         if graph is not None:
-            return graph, num_out, 0.0
+            return graph, 0.0
         t0 = time.perf_counter()
-        graph = graphs[key] = self._capture(lambda: self._forward(key))
-        return graph, num_out, time.perf_counter() - t0
+        graph = self.graphs[size] = self._capture(lambda: self._forward(size))
+        return graph, time.perf_counter() - t0
+
+    def prepare(self, b: _Batch, ids: torch.Tensor, pos: torch.Tensor) -> tuple[Graph, int, float]:
+        """Fill the static inputs of a mixed step from b and the new tokens (ids, pos); returns
+        the bucket's graph (captured first if new), the number of logits rows the step owns,
+        and the seconds a capture took."""
+        n = b.num_decode
+        p, t = b.query_start.shape[0] - 1, b.slots.shape[0] - n
+        d = next(s for s in self.decode_sizes if s >= n)
+        tb = next(s for s in MIXED_TOKENS if s >= t)
+        copy_rows(self.table, b.table[:n])
+        copy_rows(self.table[d:], b.table[n:])
+        self.lens[:n] = b.lens[:n]
+        self.lens[d : d + p] = b.lens[n:]
+        self._fill_tokens(0, ids[:n], pos[:n], b.slots[:n])
+        self._fill_tokens(d, ids[n:], pos[n:], b.slots[n:])
+        self._pad(n, d, d + tb, first_token=d + t)
+        self.table[d + p : d + MAX_PREFILLS] = 0
+        self.lens[d + p : d + MAX_PREFILLS] = 1
+        self.query_start[: p + 1] = b.query_start
+        self.query_start[p + 1 :] = t
+        self.rows[:n] = self._arange[:n]
+        self.rows[n : n + p] = b.query_start[1:] + (d - 1)
+        self.rows[n + p :] = 0
+        key = (d, tb)
+        if not self.splits and n:
+            m, longest = self.backend.model, b.max_decode_len
+            self.split_tokens.fill_(step_split_tokens(
+                n, longest, b.decode_tokens, self._grid_splits(d), m.num_kv_heads, m.head_dim,
+                self.num_sms,
+            ))  # fmt: skip
+        graph = self.mixed.get(key)
+        if graph is not None:
+            return graph, n + p, 0.0
+        t0 = time.perf_counter()
+        graph = self.mixed[key] = self._capture(lambda: self._forward(key))
+        return graph, n + p, time.perf_counter() - t0
 
     def capture_all(self) -> float:
         """Capture every decode bucket up to max_batch, largest first (as vLLM at start-up),
         on padding only (nothing is written); returns the seconds it took. Mixed graphs are
         captured as their buckets first occur (their capture is not timed either)."""
         t0 = time.perf_counter()
+        none = np.zeros(0, dtype=np.int64)
         for size in sorted((s for s in BUCKETS if s <= self.max_batch), reverse=True):
             if size not in self.graphs:
-                self._pad(0, size, size)
+                self.inputs.decode(size, none, none, none, none, 1)
+                self.table[:size] = 0
                 self.graphs[size] = self._capture(lambda s=size: self._forward(s))
         return time.perf_counter() - t0
+
+    def _gather(self, table: torch.Tensor, size: int) -> None:
+        """The decode rows' table rows (padding: the null row 0) into the static table."""
+        index = self.inputs.row_index[:size]
+        if table.shape[1] == self.table.shape[1]:
+            torch.index_select(table, 0, index, out=self.table[:size])
+        else:
+            copy_rows(self.table, table.index_select(0, index))
 
     def _capture(self, forward: Callable[[], None]) -> Graph:
         """The graph of one forward over the static inputs as they are."""
@@ -204,6 +285,17 @@ class ModelGraphs:
             self.ids[lo:hi] = 0
             self.pos[lo:hi] = 0
 
+    def _decode_slots(self, size: int) -> torch.Tensor:
+        """Where each decode row's new token goes (inside the graph): the slot of its last
+        position, through its table row; -1 (written nowhere) for padding."""
+        table, last = self.table[:size], self.lens[:size].long() - 1
+        if self.backend.contiguous:  # a static range's or a virtual row's first slot
+            slot = table[:, 0].long() + last
+        else:
+            bs = self.backend.alloc.block_size
+            slot = table.gather(1, (last // bs)[:, None])[:, 0].long() * bs + last % bs
+        return torch.where(self._arange[:size] < self.inputs.num_real, slot, -1)
+
     def _grid_splits(self, size: int) -> int:
         """The decode split-K a graph of `size` decode rows is captured with."""
         kv_heads = self.backend.model.num_kv_heads
@@ -213,11 +305,11 @@ class ModelGraphs:
         """The padded forward of one bucket: decode-only (an int) or mixed (a pair)."""
         size, tokens = (key, 0) if isinstance(key, int) else key
         if tokens:
-            rows, qs = size + MAX_PREFILLS, self.query_start
+            rows, qs, slots = size + MAX_PREFILLS, self.query_start, self.slots[: size + tokens]
         else:
-            rows, qs = size, self.lens[:1]  # no prefill rows
+            rows, qs, slots = size, self.lens[:1], self._decode_slots(size)  # no prefill rows
         b = _Batch(
-            self.table[:rows], self.lens[:rows], self.slots[: size + tokens], qs, size,
+            self.table[:rows], self.lens[:rows], slots, qs, size,
             self.max_len, None, tokens, self._grid_splits(size),
             split_tokens=None if self.splits else self.split_tokens,
         )  # fmt: skip
