@@ -63,11 +63,11 @@ def no_gc() -> Iterator[None]:
 
 
 def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
-    """Split-K count for a decode captured without knowing the lengths: each sequence is cut
-    into this many pieces of its own length (at least one tile each). Measured on an H200
-    (results/reference/attention_h200/NOTES.md): 8 pieces beat 2 and 4 up to 1024
-    (sequence, KV head) programs, where the batch alone leaves SMs waiting on latency, and 4
-    is as good as 8 past that; 16 cost the larger batches a merge pass they do not need."""
+    """Split-K count a decode graph is captured with: the most pieces a replay cuts a sequence
+    into (`step_split_tokens` sets how many it does). Chosen when every sequence was cut into
+    exactly this many, on an H200 (results/reference/attention_h200/NOTES.md): 8 pieces beat
+    2 and 4 up to 1024 (sequence, KV head) programs, where the batch alone leaves SMs waiting
+    on latency, and 4 was as good as 8 past that; 16 cost the larger batches a merge pass."""
     return max(1, min(8, max(4, -(-64 * num_sms // programs)), -(-max_len // 128)))
 
 
