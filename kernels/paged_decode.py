@@ -81,7 +81,11 @@ def split_size(
     return tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, least)
 
 
-@triton.jit(do_not_specialize=["seq_lens_ptr", "stride_bt", "num_splits", "min_tokens_per_split"])
+@triton.jit(
+    do_not_specialize=[
+        "seq_lens_ptr", "stride_bt", "num_splits", "min_tokens_per_split", "split_tokens_ptr"
+    ]
+)  # fmt: skip
 def _decode_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
     part_acc_ptr,  # [num_seqs, num_heads, num_splits, head_dim] fp32 (num_splits > 1)
@@ -187,7 +191,9 @@ def _decode_kernel(
         tl.store(part_ml_ptr + part * 2 + 1, l_sum, mask=g_mask)
 
 
-@triton.jit(do_not_specialize=["seq_lens_ptr", "num_splits", "min_tokens_per_split"])
+@triton.jit(
+    do_not_specialize=["seq_lens_ptr", "num_splits", "min_tokens_per_split", "split_tokens_ptr"]
+)
 def _merge_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
     part_acc_ptr,  # [num_seqs * num_heads, num_splits, head_dim] fp32
@@ -317,9 +323,10 @@ def default_block_n(head_dim: int) -> int:
 def split_tokens_for(
     programs: int, max_len: int, mean_len: float, num_splits: int, head_dim: int, num_sms: int
 ) -> int:
-    """The fewest tokens per split that gives a decode captured with `num_splits` splits the
-    split count `default_splits` chooses for this step's lengths (a graph replay's
-    `split_tokens`): equal lengths over 2 x SMs programs run in one piece and skip the merge."""
+    """The fewest tokens per split (a graph replay's `split_tokens`) that cuts the longest
+    sequence into the pieces `default_splits` chooses for this step's lengths, at most
+    `num_splits` (the captured grid); shorter sequences get pieces of that size. Equal lengths
+    over 2 x SMs programs run in one piece and skip the merge."""
     block_n = default_block_n(head_dim)
     want, piece = default_splits(programs, max_len, block_n, num_sms, mean_len)
     want = min(want, num_splits)

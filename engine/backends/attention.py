@@ -86,7 +86,9 @@ class AttentionBackend:
             num_layers: layers to run (default: the model's); fewer for quick checks.
             graphs: replay decode-only steps from CUDA graphs (one per batch bucket).
             max_seq_len: the longest sequence, to size the graphs' tables (default: 16384).
-            graph_splits: split-K count of graph-captured decode (default: by batch bucket).
+            graph_splits: split-K count of graph-captured decode, every sequence cut into that
+                many pieces (default: at most a count by batch bucket, each replay splitting
+                as its lengths call for: engine/backends/decode_graphs.py).
             kernel: "triton" (kvbench's paged or contiguous kernels, by the allocator's layout).
             gpu: a sim profile an experiment overlay may set; unused (the card is timed).
             max_num_seqs: live sequences at most (vattention reserves a virtual row each).

@@ -10,11 +10,12 @@ by kernel launches (3 per layer), not by the GPU.
 The kernels size their split-K from the lengths on the GPU, so one capture at the longest
 length the table can hold serves every replay: a graph is captured with `graph_splits` splits
 (the most any replay uses), and each replay sets the device scalar `split_tokens`, the fewest
-tokens per split, to what the eager heuristic chooses for its lengths (`step_split_tokens`):
-equal lengths over 2 x SMs programs run in one piece and skip the merge, ragged batches cut
-their long sequences. (A fixed `splits` cuts every sequence into that many pieces instead.)
-With verification, k/v (and the outputs) have
-one slice per layer, filled from the tokens before each replay.
+tokens per split (`step_split_tokens`): the longest sequence gets the piece count the eager
+heuristic chooses for the step's lengths (capped at the graph's), the others pieces of that
+size - equal lengths over 2 x SMs programs run in one piece and skip the merge, ragged
+batches cut their long sequences. (A fixed `splits` cuts every sequence into that many
+pieces instead.) With verification, k/v (and the outputs) have one slice per layer, filled
+from the tokens before each replay.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ and larger kernels than transformers' eager modules launch (~20 per layer there,
                 h = down_proj(silu_mul(gu))
                 x = add_rms_norm(h, residual)   the next layer's input norm (last: the final)
 
-The projections are packed once (`pack`): per layer, one tensor holds q/k/v's weights and one
-gate/up's, and the modules' own weights become views of them, so transformers' forward of the
-same model reads the same memory (nothing is doubled) and computes the same values. The
+The projections are packed once per model (`pack`): per layer, one tensor holds q/k/v's
+weights and one gate/up's, and the modules' own weights become views of them, so
+transformers' forward of the same model reads the same memory (nothing is doubled) and
+computes the same values. The modules' weight tensors are replaced by that packing: a graph
+captured before it, over the old tensors, must not be replayed after (a backend sharing the
+model builds its graphs after its own packing). The
 kernels round where the eager ops round (kernels/elementwise.py); the packed GEMMs sum in
 another order than three separate ones, within bf16 rounding.
 """
@@ -78,20 +81,26 @@ class FusedLlama:
 
 def pack(layer: torch.nn.Module) -> _Packed:
     """One layer's q/k/v and gate/up weights in one tensor each; the modules' weights become
-    views of them (the old tensors are freed)."""
+    views of them (the old tensors are freed). A layer packed before (a shared model) keeps
+    its packing."""
     attn, mlp = layer.self_attn, layer.mlp
     return _Packed(
-        _concat(attn.q_proj, attn.k_proj, attn.v_proj), _concat(mlp.gate_proj, mlp.up_proj)
+        _concat(attn, attn.q_proj, attn.k_proj, attn.v_proj),
+        _concat(mlp, mlp.gate_proj, mlp.up_proj),
     )
 
 
-def _concat(*linears: torch.nn.Module) -> torch.Tensor:
+def _concat(owner: torch.nn.Module, *linears: torch.nn.Module) -> torch.Tensor:
+    whole = owner.__dict__.get("kvbench_packed")
+    if whole is not None and whole.data_ptr() == linears[0].weight.data_ptr():
+        return whole
     whole = torch.cat([m.weight for m in linears])
     at = 0
     for m in linears:
         rows = m.weight.shape[0]
         m.weight = torch.nn.Parameter(whole[at : at + rows], requires_grad=False)
         at += rows
+    owner.kvbench_packed = whole
     return whole
 
 

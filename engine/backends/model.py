@@ -10,7 +10,9 @@ the copies: instead of random queries, one forward of the model over the step's 
                             workload's token source (so prefix-cache hits are real)
     layers                  transformers' projections, norms, MLPs; attention through
                             kvbench_attention (engine/backends/hf_model.py), which writes the
-                            new K/V into the pool and attends through the allocator's tables
+                            new K/V into the pool and attends through the allocator's tables;
+                            with `fused_ops`, kvbench's Llama forward over the same modules'
+                            weights in fewer kernels (engine/backends/fused_llama.py)
     output  logits, next    lm_head and argmax at each sequence's last new token
                             [num_seqs, vocab], [num_seqs] (decode rows first, then prefills)
 
@@ -159,8 +161,8 @@ class ModelBackend(AttentionBackend):
         if updates.size:
             self.rows.apply(self._to_device(updates.ravel()).view(3, -1))
         if not graphs.takes_decode(len(seqs), int(lens.max())):
-            if self.device.type == "cuda":  # the general path reuses the staging buffer
-                torch.cuda.synchronize(self.device)
+            if updates.size and self.device.type == "cuda":  # the general path reuses the
+                torch.cuda.synchronize(self.device)  # staging buffer the updates are in
             return None
         ids_of = self.tokens.get
         ids = np.fromiter((ids_of(s)[p - 1] for s, p in zip(seqs, lens)), np.int64, len(seqs))
@@ -173,6 +175,8 @@ class ModelBackend(AttentionBackend):
         return capture_s
 
     def _graph_step(self, batch: StepBatch, b: _Batch, graphs: Any, events: list) -> float:
+        """A step with prefills replayed from its bucket's graph (decode-only steps:
+        `_replay_decode`); returns the seconds spent capturing a new graph."""
         ids, pos, _ = self._token_inputs(batch, with_rows=False)
         graph, n, capture_s = graphs.prepare(b, ids, pos)
         if events:

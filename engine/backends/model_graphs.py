@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from engine.backends.decode_graphs import (
     no_gc,
     step_split_tokens,
 )
+from engine.backends.step_inputs import StepInputs
 
 if TYPE_CHECKING:
     from engine.backends.model import ModelBackend
@@ -75,48 +76,6 @@ class _Eager:
 
 
 Graph = torch.cuda.CUDAGraph | _Eager
-
-
-class StepInputs:
-    """The graphs' per-step inputs in one device buffer, with a host mirror: a decode-only step
-    writes the mirror and copies it over in one transfer (no kernel launches of its own).
-
-        int64   ids, pos, slots [tokens]    row_index [rows]: each decode row's row of the
-                                            backend's table (0: the null row, padding)
-        int32   lens [rows]                 split_tokens [1], num_real [1] (decode rows that
-                                            are not padding)
-    """
-
-    def __init__(self, tokens: int, rows: int, device: torch.device) -> None:
-        self.tokens, self.rows = tokens, rows
-        size = 3 * tokens + rows + (rows + 3) // 2
-        self.host = torch.zeros(size, dtype=torch.int64, pin_memory=device.type == "cuda")
-        self.dev = torch.zeros(size, dtype=torch.int64, device=device)
-        self.mirror = self._carve(self.host.numpy())
-        for name, t in self._carve(self.dev).items():
-            setattr(self, name, t)
-        self.mirror["lens"][:] = 1
-        self.mirror["slots"][:] = -1
-        self.dev.copy_(self.host)
-
-    def _carve(self, buf: Any) -> dict[str, Any]:
-        t, r = self.tokens, self.rows
-        i32 = buf[3 * t + r :].view(np.int32 if isinstance(buf, np.ndarray) else torch.int32)
-        return dict(
-            ids=buf[:t], pos=buf[t : 2 * t], slots=buf[2 * t : 3 * t],
-            row_index=buf[3 * t : 3 * t + r], lens=i32[:r], split_tokens=i32[r : r + 1],
-            num_real=i32[r + 1 : r + 2],
-        )  # fmt: skip
-
-    def decode(self, size: int, ids, pos, lens, rows, split_tokens: int) -> None:
-        """A decode step of len(ids) rows padded to `size` (host arrays), on its way over."""
-        m, n = self.mirror, len(ids)
-        for name, real, pad in (("ids", ids, 0), ("pos", pos, 0), ("lens", lens, 1),
-                                ("row_index", rows, 0)):  # fmt: skip
-            m[name][:n] = real
-            m[name][n:size] = pad
-        m["split_tokens"][0], m["num_real"][0] = split_tokens, n
-        self.dev.copy_(self.host, non_blocking=True)
 
 
 class ModelGraphs:
@@ -275,9 +234,9 @@ class ModelGraphs:
         end = at + ids.shape[0]
         self.ids[at:end], self.pos[at:end], self.slots[at:end] = ids, pos, slots
 
-    def _pad(self, n: int, rows: int, tokens: int, first_token: int | None = None) -> None:
-        """Decode rows n..rows-1 and their tokens, and the tokens from first_token (default:
-        rows) to `tokens`, as padding."""
+    def _pad(self, n: int, rows: int, tokens: int, first_token: int) -> None:
+        """Decode rows n..rows-1 and their tokens, and the tokens from first_token to
+        `tokens`, as padding."""
         self.table[n:rows] = 0
         self.lens[n:rows] = 1
         for lo, hi in ((n, rows), (rows if first_token is None else first_token, tokens)):

@@ -265,3 +265,70 @@ def test_mixed_graphs_can_be_turned_off():
     run_scenario(backend)
     assert backend.graphs.mixed == {} and sorted(backend.graphs.graphs) == [4]
     assert max_rel_error(backend, rec.records) < TOL
+
+
+@pytest.mark.parametrize("kind", ["paged", "static", "vattention"])
+def test_graph_replays_split_decode_per_step(kind, monkeypatch):
+    """Decode graphs captured with 8 splits, each replay's split_tokens set to one tile: long
+    sequences are cut (the merge runs), short ones stay in one piece; a mixed step between
+    decode steps; every step's logits against transformers."""
+    from engine.backends import model_graphs
+
+    calls = []
+    monkeypatch.setattr(
+        model_graphs, "step_split_tokens", lambda *a: calls.append(a) or 64
+    )  # fmt: skip
+    alloc = {
+        "paged": lambda: PagedAllocator(200, 4),
+        "static": lambda: StaticAllocator(2000, 400, "max", "first_fit"),
+        "vattention": lambda: VAttentionAllocator(200, 4, 400, 4 * 2 * 16 * 4),
+    }[kind]()
+    backend = backend_for(alloc)
+    width = 1 if backend.contiguous else cdiv(1024, alloc.block_size)
+    backend.graphs = ModelGraphs(backend, width, 1024, 8, num_sms=4, capture=False)
+    assert backend.graphs._grid_splits(4) == 8
+    rec = Recorder(backend)
+    running = [seq(1, 150, 8), seq(2, 20, 8), seq(3, 70, 8)]
+    for s in running:
+        alloc.allocate(s, s.prompt_len)
+    backend.step(StepBatch(prefills=[(s, 0, s.prompt_len) for s in running]))
+    for _ in range(3):
+        alloc.decode(running)
+        backend.step(StepBatch(decode_seqs=running))
+    late = seq(4, 5, 4)
+    alloc.decode(running)
+    alloc.allocate(late, 5)
+    backend.step(StepBatch(decode_seqs=running, prefills=[(late, 0, 5)]))
+    running.append(late)
+    alloc.decode(running)
+    backend.step(StepBatch(decode_seqs=running))
+    assert len(calls) == 5 and sorted(backend.graphs.graphs) == [4]
+    assert max_rel_error(backend, rec.records) < TOL
+
+
+def test_decode_steps_the_graphs_do_not_take_run_eagerly():
+    """More rows than the graphs hold, or a sequence longer than their tables, between
+    replayed steps: the general path runs them, with the table entries the declined fast
+    path already wrote."""
+    backend = backend_for(PagedAllocator(200, 4))
+    backend.graphs = ModelGraphs(backend, 16, 64, 2, num_sms=4, capture=False)
+    rec = Recorder(backend)
+    alloc = backend.alloc
+    seqs = [seq(i + 1, 10, 8) for i in range(3)]
+    for s in seqs:
+        alloc.allocate(s, s.prompt_len)
+    backend.step(StepBatch(prefills=[(s, 0, s.prompt_len) for s in seqs]))
+    alloc.decode(seqs[:2])
+    backend.step(StepBatch(decode_seqs=seqs[:2]))
+    alloc.decode(seqs)  # 3 rows: more than max_batch 2
+    backend.step(StepBatch(decode_seqs=seqs))
+    long = seq(9, 70, 3)
+    alloc.allocate(long, 70)
+    backend.step(StepBatch(prefills=[(long, 0, 70)]))
+    alloc.decode([long, seqs[0]])  # 71 tokens: past the graphs' 64
+    backend.step(StepBatch(decode_seqs=[long, seqs[0]]))
+    alloc.decode(seqs[:2])
+    backend.step(StepBatch(decode_seqs=seqs[:2]))
+    assert sorted(backend.graphs.graphs) == [2]
+    assert len(rec.records) == 3 + 2 + 3 + 1 + 2 + 2
+    assert max_rel_error(backend, rec.records) < TOL

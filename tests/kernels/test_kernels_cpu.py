@@ -100,9 +100,17 @@ def test_decode_splits_follow_gpu_lengths_not_the_host_bound():
 
 
 @pytest.mark.parametrize("least", [16, 32, 48, 1000])
-def test_decode_split_tokens_read_on_the_gpu(least):
+def test_decode_split_tokens_read_on_the_gpu(least, monkeypatch):
     """split_tokens (a device scalar a graph replay sets) sizes every sequence's pieces: some
-    rows in one piece (written by the decode kernel, skipped by the merge), some split."""
+    rows in one piece (written by the decode kernel, skipped by the merge), some split. The
+    partial-result buffers start as NaN: the merge must read only pieces that were written."""
+    empty = torch.empty
+
+    def poisoned(*size, **kw):
+        t = empty(*size, **kw)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
     lens = [1, 17, 40, 70]
     tokens = torch.tensor([least], dtype=torch.int32)
     k, v, table, seq_lens = make_pool(lens, 4, 2, D, torch.float32, "cpu")
