@@ -32,6 +32,7 @@ from kernels.paged_decode import split_tokens_for
 
 if TYPE_CHECKING:
     from engine.backends.attention import AttentionBackend, _Batch
+    from engine.models import ModelSpec
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16), *range(288, 1025, 32))
 
@@ -73,14 +74,15 @@ def graph_splits(programs: int, max_len: int, num_sms: int) -> int:
 
 
 def step_split_tokens(
-    n: int, longest: int, total: int | None, splits: int, kv_heads: int, head_dim: int,
+    n: int, longest: int, total: int | None, size: int, model: ModelSpec, max_len: int,
     num_sms: int,
 ) -> int:  # fmt: skip
     """A replay's split_tokens for its n decode rows (the longest holding `longest` tokens,
-    `total` in all when known), under a graph of `splits` splits."""
-    longest = max(longest, 1)
+    `total` in all when known), under the `graph_splits` of a graph of `size` decode rows."""
+    kv, longest = model.num_kv_heads, max(longest, 1)
+    splits = graph_splits(max(size, 1) * kv, max_len, num_sms)
     mean = total / n if total is not None and n else longest
-    return split_tokens_for(max(n, 1) * kv_heads, longest, mean, splits, head_dim, num_sms)
+    return split_tokens_for(max(n, 1) * kv, longest, mean, splits, model.head_dim, num_sms)
 
 
 class DecodeGraphs:
@@ -126,10 +128,8 @@ class DecodeGraphs:
         self.slots[:n] = b.slots
         self.slots[n:size] = -1
         if not self.splits:
-            m = self.backend.model
-            splits = graph_splits(size * m.num_kv_heads, self.max_len, self.num_sms)
             self.split_tokens.fill_(step_split_tokens(
-                n, b.max_decode_len, b.decode_tokens, splits, m.num_kv_heads, m.head_dim,
+                n, b.max_decode_len, b.decode_tokens, size, self.backend.model, self.max_len,
                 self.num_sms,
             ))  # fmt: skip
         graph = self.graphs.get(size)

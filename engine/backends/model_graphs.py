@@ -140,13 +140,10 @@ class ModelGraphs:
         n = len(ids)
         size = bucket(n)
         assert size is not None and size <= self.max_batch
-        split = 1
-        if not self.splits:
-            m, total = self.backend.model, int(lens.sum())
-            split = step_split_tokens(
-                n, int(lens.max()), total, self._grid_splits(size), m.num_kv_heads, m.head_dim,
-                self.num_sms,
-            )  # fmt: skip
+        split = 1 if self.splits else step_split_tokens(
+            n, int(lens.max()), int(lens.sum()), size, self.backend.model, self.max_len,
+            self.num_sms,
+        )  # fmt: skip
         self.inputs.decode(size, ids, lens - 1, lens, rows, split)
         self._gather(table, size)
         graph = self.graphs.get(size)
@@ -180,9 +177,8 @@ class ModelGraphs:
         self.rows[n + p :] = 0
         key = (d, tb)
         if not self.splits and n:
-            m, longest = self.backend.model, b.max_decode_len
             self.split_tokens.fill_(step_split_tokens(
-                n, longest, b.decode_tokens, self._grid_splits(d), m.num_kv_heads, m.head_dim,
+                n, b.max_decode_len, b.decode_tokens, d, self.backend.model, self.max_len,
                 self.num_sms,
             ))  # fmt: skip
         graph = self.mixed.get(key)
@@ -239,7 +235,7 @@ class ModelGraphs:
         `tokens`, as padding."""
         self.table[n:rows] = 0
         self.lens[n:rows] = 1
-        for lo, hi in ((n, rows), (rows if first_token is None else first_token, tokens)):
+        for lo, hi in ((n, rows), (first_token, tokens)):
             self.slots[lo:hi] = -1
             self.ids[lo:hi] = 0
             self.pos[lo:hi] = 0
