@@ -41,13 +41,10 @@ class _Packed:
 
 
 class FusedLlama:
-    def __init__(self, model: torch.nn.Module, name: str) -> None:
-        """Packs the projections of `model` (a transformers Llama causal LM); `name` (the
-        model preset) names it in refusals."""
+    def __init__(self, model: torch.nn.Module) -> None:
+        """Packs the projections of `model`, a transformers Llama causal LM whose config
+        passed `check_fusable`."""
         cfg = model.config
-        why = _unfusable(cfg)
-        if why:
-            raise KvbenchError(f"backend.fused_ops: {name} {why}; set backend.fused_ops=false")
         self.body = model.base_model
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
@@ -109,6 +106,14 @@ def _norm(module: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor | Non
     if residual is None:
         return rms_norm(x, module.weight, eps)
     return add_rms_norm(x, residual, module.weight, eps)
+
+
+def check_fusable(cfg: Any, name: str) -> None:
+    """Refuses a config kvbench's Llama forward cannot run (before its model is built);
+    `name`, the model preset, names it."""
+    why = _unfusable(cfg)
+    if why:
+        raise KvbenchError(f"backend.fused_ops: {name} {why}; set backend.fused_ops=false")
 
 
 def _unfusable(cfg: Any) -> str | None:

@@ -35,7 +35,7 @@ import torch
 from allocators.base import KVAllocator, cdiv
 from engine.backends.attention import AttentionBackend, _Batch
 from engine.backends.base import StepBatch
-from engine.backends.fused_llama import FusedLlama
+from engine.backends.fused_llama import FusedLlama, check_fusable
 from engine.backends.hf_model import StepContext, build_model
 from engine.backends.model_graphs import ModelGraphs
 from engine.models import ModelSpec, hf_config
@@ -87,10 +87,12 @@ class ModelBackend(AttentionBackend):
         )  # fmt: skip
         cfg = config if config is not None else hf_config(model.name)
         _check_shapes(cfg, model)
+        if fused_ops:
+            check_fusable(cfg, model.name)
         self.hf = hf_model if hf_model is not None else build_model(
             cfg, self.dtype, self.device, init_std, seed
         )  # fmt: skip
-        self.fused = FusedLlama(self.hf, model.name) if fused_ops else None
+        self.fused = FusedLlama(self.hf) if fused_ops else None
         self.body = self.hf.base_model  # the decoder without lm_head
         head = self.hf.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, head.bias  # [vocab, hidden]
