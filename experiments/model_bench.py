@@ -37,6 +37,7 @@ import torch
 from allocators import PagedAllocator
 from allocators.base import cdiv
 from engine.models import ModelSpec, hf_config, model_spec
+from workloads.errors import exits_cleanly
 from workloads.request import Request
 
 
@@ -258,10 +259,14 @@ def kvbench_rows(
 
 
 def decode_rows(rows: Rows, hf, spec: ModelSpec, bw: float, shape: tuple[int, int]) -> None:
+    """The decode step against its floor, with transformers' forward and (Llama models) the
+    fused one."""
+    from engine.backends.fused_llama import unfusable
+
     batch, context = shape
     floor = (spec.weight_bytes + batch * context * spec.kv_bytes_per_token) / bw
     rows.put(f"decode_b{batch}_l{context}_floor_ms", 1e3 * floor, "ms (weights+KV / copy bw)")
-    for fused in (False, True):  # backend.fused_ops
+    for fused in (False, True) if unfusable(hf.config) is None else (False,):  # fused_ops
         d = decode_step(hf, spec, batch, context, fused_ops=fused)
         name = f"decode_b{batch}_l{context}" + ("_fused_ops" if fused else "")
         rows.put(f"{name}_step_ms", 1e3 * d["step_s"], "ms")
@@ -275,6 +280,7 @@ def markdown(rows: list[tuple[str, float, str]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@exits_cleanly
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/model_bench"))
@@ -285,9 +291,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--fused-ops", action="store_true",
-        help="kvbench's run with backend.fused_ops (the decode rows measure both)",
+        help="kvbench's run with backend.fused_ops (Llama models; the decode rows measure both)",
     )  # fmt: skip
     args = ap.parse_args()
+    cfg = hf_config(args.model)  # bad input is refused before the GPU check
+    if args.fused_ops:
+        from engine.backends.fused_llama import check_fusable
+
+        check_fusable(cfg, args.model)
     if not torch.cuda.is_available():
         print("error: kvbench-model-bench needs a CUDA GPU; torch sees none", file=sys.stderr)
         sys.exit(2)

@@ -111,12 +111,12 @@ def _norm(module: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor | Non
 def check_fusable(cfg: Any, name: str) -> None:
     """Refuses a config kvbench's Llama forward cannot run (before its model is built);
     `name`, the model preset, names it."""
-    why = _unfusable(cfg)
+    why = unfusable(cfg)
     if why:
         raise KvbenchError(f"backend.fused_ops: {name} {why}; set backend.fused_ops=false")
 
 
-def _unfusable(cfg: Any) -> str | None:
+def unfusable(cfg: Any) -> str | None:
     """Why kvbench's Llama forward cannot run this config, or None."""
     if getattr(cfg, "model_type", None) != "llama":
         kind = getattr(cfg, "model_type", "?")

@@ -54,3 +54,18 @@ def test_refuses_without_a_gpu():
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "opt_13b", "--fused-ops"], "backend.fused_ops: opt_13b (opt) is not a Llama"),
+        (["--model", "bogus"], "unknown model 'bogus'"),
+    ],
+)
+def test_bad_models_are_refused_in_one_line(args, message):
+    """Before the GPU is looked for, and before any model is built."""
+    r = subprocess.run([sys.executable, "-m", "experiments.model_bench", *args],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert message in r.stderr and "Traceback" not in r.stderr
