@@ -424,6 +424,8 @@ def launch_decode(
         part_acc = part_ml = out
         part_out = out
     grid = (num_seqs, num_kv_heads, num_splits)
+    read_min = split_tokens is not None  # else the pointer is a stand-in, never read
+    least_ptr = split_tokens if read_min else seq_lens
     args = (
         part_out, part_acc, part_ml, q, k_cache, v_cache, index, seq_lens,
         scale * LOG2E,
@@ -431,9 +433,8 @@ def launch_decode(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         index.stride(0), part_out.stride(0), part_out.stride(1), num_heads, num_splits,
-        min_split, seq_lens if split_tokens is None else split_tokens,
+        min_split, least_ptr,
     )  # fmt: skip
-    read_min = split_tokens is not None
     consts = dict(
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, SPLIT=num_splits > 1, READ_MIN=read_min, CONTIGUOUS=contiguous,
@@ -450,7 +451,7 @@ def launch_decode(
     if num_splits > 1:
         _merge_kernel[(num_seqs * num_heads,)](
             part_out, part_acc, part_ml, seq_lens, num_heads, part_out.stride(0),
-            part_out.stride(1), num_splits, min_split, args[-1], HEAD_DIM=head_dim,
+            part_out.stride(1), num_splits, min_split, least_ptr, HEAD_DIM=head_dim,
             BLOCK_S=MAX_SPLITS, BLOCK_N=tile[0], READ_MIN=read_min,
         )  # fmt: skip
         if part_out is not out:
