@@ -35,7 +35,7 @@ import torch
 from allocators.base import KVAllocator, cdiv
 from engine.backends.attention import AttentionBackend, _Batch
 from engine.backends.base import StepBatch
-from engine.backends.fused_llama import FusedLlama, check_fusable
+from engine.backends.fused_llama import FusedLlama, check_fusable, unfusable
 from engine.backends.hf_model import StepContext, build_model
 from engine.backends.model_graphs import ModelGraphs
 from engine.models import ModelSpec, hf_config
@@ -54,7 +54,7 @@ class ModelBackend(AttentionBackend):
         device: str = "cuda",
         graphs: bool = True,
         mixed_graphs: bool = True,
-        fused_ops: bool = False,
+        fused_ops: bool | str = "auto",
         max_seq_len: int | None = None,
         max_num_seqs: int = 256,
         graph_splits: int | None = None,
@@ -71,9 +71,10 @@ class ModelBackend(AttentionBackend):
                 vattention's virtual rows).
             mixed_graphs: with `graphs`, steps with prefills replay graphs too (False: they
                 run eagerly, kernel by kernel, as before graphs covered them).
-            fused_ops: Llama models run kvbench's forward over the modules' weights
+            fused_ops: True: kvbench's forward over the modules' weights
                 (engine/backends/fused_llama.py: packed projections, fused norms, residual
-                adds, activation and rotary embedding); False: transformers' own forward.
+                adds, activation and rotary embedding), Llama models only; False:
+                transformers' own forward; "auto": True where the model can take it.
             init_std: standard deviation of the random weights.
             config: a transformers config (default: the `model=` preset's); its shapes must
                 be the ModelSpec's.
@@ -87,8 +88,7 @@ class ModelBackend(AttentionBackend):
         )  # fmt: skip
         cfg = config if config is not None else hf_config(model.name)
         _check_shapes(cfg, model)
-        if fused_ops:
-            check_fusable(cfg, model.name)
+        fused_ops = _fused_ops(fused_ops, cfg, model.name)
         self.hf = hf_model if hf_model is not None else build_model(
             cfg, self.dtype, self.device, init_std, seed
         )  # fmt: skip
@@ -266,3 +266,15 @@ def _check_shapes(cfg: Any, spec: ModelSpec) -> None:
             f"backend=model: the transformers config has (layers, heads, kv heads, head dim) "
             f"{got}, the model spec {spec.name} {want}"
         )
+
+
+def _fused_ops(value: bool | str, cfg: Any, name: str) -> bool:
+    """backend.fused_ops resolved for this config: true (refused where kvbench's Llama forward
+    cannot run it), false, or auto (true where it can)."""
+    if value == "auto":
+        return unfusable(cfg) is None
+    if not isinstance(value, bool):
+        raise KvbenchError(f"backend.fused_ops must be true, false or auto, got {value!r}")
+    if value:
+        check_fusable(cfg, name)
+    return value

@@ -103,7 +103,8 @@ def test_fused_ops_match_transformers(kind):
     from engine.backends import fused_llama
 
     cfg = llama_config()
-    plain = backend_for(ALLOCATORS[kind](), cfg)
+    plain = backend_for(ALLOCATORS[kind](), cfg, fused_ops=False)
+    assert plain.fused is None
     before = {name: p.clone() for name, p in plain.hf.named_parameters()}
     backend = backend_for(ALLOCATORS[kind](), cfg, fused_ops=True, hf_model=plain.hf)
     for layer, w in zip(backend.hf.base_model.layers, backend.fused.packed, strict=True):
@@ -127,6 +128,15 @@ def test_fused_ops_match_transformers(kind):
         fused_llama.rotary = real
     assert len(calls) == cfg.num_hidden_layers * len(steps), "every layer of every step"
     assert max_rel_error(backend, rec.records) < TOL
+
+
+def test_fused_ops_auto_is_on_where_the_model_takes_it():
+    assert backend_for(PagedAllocator(60, 4)).fused is not None  # a Llama config
+    assert backend_for(PagedAllocator(60, 4), opt_config()).fused is None
+    with pytest.raises(
+        KvbenchError, match=r"backend\.fused_ops must be true, false or auto, got 'on'"
+    ):
+        backend_for(PagedAllocator(60, 4), fused_ops="on")
 
 
 def test_fused_ops_refuse_what_they_cannot_run():
