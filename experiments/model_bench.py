@@ -87,7 +87,7 @@ def gemm_flops(m: int = 8192, k: int = 4096, n: int = 14336) -> float:
 
 
 def run_kvbench(
-    hf, spec: ModelSpec, reqs: list[Request], max_batched: int, fused_ops: bool = False
+    hf, spec: ModelSpec, reqs: list[Request], max_batched: int, fused_ops: bool = True
 ) -> dict:
     """The workload through the engine and the model backend (paged, block 16)."""
     from engine.backends.model import ModelBackend
@@ -290,15 +290,17 @@ def main() -> None:
     ap.add_argument("--max-batched-tokens", type=int, default=16384)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--fused-ops", action="store_true",
-        help="kvbench's run with backend.fused_ops (Llama models; the decode rows measure both)",
+        "--fused-ops", choices=("auto", "true", "false"), default="auto",
+        help="kvbench's run with backend.fused_ops so set (auto: on for Llama models); the "
+        "decode rows measure both forwards where the model takes the fused one",
     )  # fmt: skip
     args = ap.parse_args()
     cfg = hf_config(args.model)  # bad input is refused before the GPU check
-    if args.fused_ops:
-        from engine.backends.fused_llama import check_fusable
+    from engine.backends.fused_llama import check_fusable, unfusable
 
+    if args.fused_ops == "true":
         check_fusable(cfg, args.model)
+    args.fused_ops = args.fused_ops == "true" or (args.fused_ops == "auto" and not unfusable(cfg))
     if not torch.cuda.is_available():
         print("error: kvbench-model-bench needs a CUDA GPU; torch sees none", file=sys.stderr)
         sys.exit(2)
@@ -310,7 +312,7 @@ def main() -> None:
     header = (
         f"card: {card}; {args.model} shapes, random weights, bf16; {shape.num_requests} "
         f"requests x {shape.prompt_len} prompt + {shape.output_len} output tokens, all at t=0"
-        + ("; kvbench's run with fused_ops" if args.fused_ops else "")
+        + ("; kvbench's run with fused_ops" if args.fused_ops else "; transformers' forward")
     )
     args.out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows, columns=["metric", "value", "unit"]).assign(card=card)

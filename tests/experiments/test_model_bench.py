@@ -59,7 +59,10 @@ def test_refuses_without_a_gpu():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "opt_13b", "--fused-ops"], "backend.fused_ops: opt_13b (opt) is not a Llama"),
+        (
+            ["--model", "opt_13b", "--fused-ops", "true"],
+            "backend.fused_ops: opt_13b (opt) is not a Llama",
+        ),
         (["--model", "bogus"], "unknown model 'bogus'"),
     ],
 )
