@@ -4,6 +4,8 @@ The profile's fit (engine/backends/step_fit.py: for each kind of step, the linea
 the grid interpolator, whichever predicts that kind's held-out shapes better) prices each
 step from its features. The rules:
 
+- padding: where the measured backend replays CUDA graphs, the fit and the prices use the
+  shapes its graphs ran (a step padded to its bucket, engine/backends/buckets.py).
 - model and dtype: the profile's must be the run's (`model=`, `backend.dtype`), else an error.
 - card: the profile's card (the CUDA device name it was measured on) must contain the sim's
   GPU profile's `device_name` (h100_sxm: "H100 80GB HBM3", h200: "H200"), else an error
@@ -59,6 +61,7 @@ class ProfiledCost:
         self.limits = _limits(profile)
         self._warned: set[str] = set()
         self._one = self.fit.one
+        self.padding = profile.padding
         block = profile.meta.get("block_size")
         self.unit_scale = unit_tokens / block if unit_tokens and block else 1.0
 
@@ -66,6 +69,8 @@ class ProfiledCost:
         if self.unit_scale != 1.0 and (features[6] or features[7]):  # copied, swapped
             s = self.unit_scale
             features = (*features[:6], features[6] * s, features[7] * s)
+        if self.padding is not None:
+            features = self.padding.one(features)
         self.check(features)
         return self._one(features)
 
@@ -106,13 +111,14 @@ class ProfiledCost:
         before `until_s`, at most `max_steps`; the sim's stretch."""
         out: list[float] = []
         end, chunk = start_s, FIRST_CHUNK
+        rows = self.padding.one((0, num_seqs))[1] if self.padding is not None else num_seqs
         while len(out) < max_steps and end < until_s:
             k = min(chunk, max_steps - len(out))
             first = logical_tokens + num_seqs * (len(out) + 1)
             context = first + num_seqs * np.arange(k, dtype=np.float64)
-            self.check((0, num_seqs, context[-1], 0.0, 0, 0, 0, 0))
+            self.check((0, rows, context[-1], 0.0, 0, 0, 0, 0))
             cols = {n: np.zeros(k) for n in FEATURES}
-            cols["num_decode_tokens"][:] = num_seqs
+            cols["num_decode_tokens"][:] = rows
             cols["decode_context"] = context
             dts = self.fit.predict(cols)
             starts = end + np.concatenate(([0.0], np.cumsum(dts)[:-1]))
@@ -134,7 +140,7 @@ def _match(profile: StepProfile, field: str, want: str, option: str) -> None:
 
 
 def _limits(profile: StepProfile) -> dict[str, float]:
-    t = profile.table
+    t = profile.features
     nd = t["num_decode_tokens"]
     per_seq = np.divide(t["decode_context"], nd, out=np.zeros(len(nd)), where=nd > 0)
     cols = {**t, "context_per_seq": per_seq}

@@ -28,18 +28,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engine.backends.buckets import BUCKETS, bucket
 from kernels.paged_decode import split_tokens_for
 
 if TYPE_CHECKING:
     from engine.backends.attention import AttentionBackend, _Batch
     from engine.models import ModelSpec
-
-BUCKETS = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16), *range(288, 1025, 32))
-
-
-def bucket(n: int) -> int | None:
-    """The smallest bucket holding n sequences, or None past the largest."""
-    return next((b for b in BUCKETS if b >= n), None)
 
 
 def copy_rows(graph_table: torch.Tensor, rows: torch.Tensor) -> None:

@@ -3,8 +3,8 @@ projections, KV write, attention and MLP, the final norm, lm_head and argmax) ca
 per bucket and replayed. Without them an 8B model's steps are bound by kernel launches (~900
 per forward through transformers' eager modules), not by the GPU.
 
-    decode-only steps   one graph per batch bucket (BUCKETS): n sequences replay the
-                        smallest bucket >= n
+    decode-only steps   one graph per batch bucket: n sequences replay the smallest
+                        bucket >= n (engine/backends/buckets.py)
     mixed steps         (prefills, with or without decode rows) one graph per (decode
                         bucket, prefill-token bucket) of MIXED_DECODE x MIXED_TOKENS, with
                         up to MAX_PREFILLS prefill rows; larger steps run eagerly (their
@@ -50,22 +50,19 @@ import numpy as np
 import torch
 
 from engine.backends.attention import _Batch
-from engine.backends.decode_graphs import (
+from engine.backends.buckets import (
     BUCKETS,
+    MAX_PREFILLS,
+    MIXED_TOKENS,
     bucket,
-    copy_rows,
-    graph_splits,
-    no_gc,
-    step_split_tokens,
+    max_batch,
+    mixed_decode_sizes,
 )
+from engine.backends.decode_graphs import copy_rows, graph_splits, no_gc, step_split_tokens
 from engine.backends.step_inputs import StepInputs
 
 if TYPE_CHECKING:
     from engine.backends.model import ModelBackend
-
-MIXED_DECODE = (0, 16, 32, 64, 128, 256)  # decode rows of a mixed graph (capped by max_batch)
-MIXED_TOKENS = (*range(64, 513, 64), *range(640, 2049, 128))  # prefill tokens of a mixed graph
-MAX_PREFILLS = 8  # prefill rows of a mixed graph
 
 
 class _Eager:
@@ -91,8 +88,8 @@ class ModelGraphs:
         mixed: bool = True,
     ) -> None:
         dev = backend.device
-        n = self.max_batch = bucket(min(max_num_seqs, BUCKETS[-1])) or BUCKETS[-1]
-        self.decode_sizes = (*(d for d in MIXED_DECODE if d < n), n)
+        n = self.max_batch = max_batch(max_num_seqs)
+        self.decode_sizes = mixed_decode_sizes(n)
         self.max_tokens = MIXED_TOKENS[-1] if mixed else 0  # prefill tokens of a mixed graph
         tokens, rows = n + self.max_tokens, n + MAX_PREFILLS
         self.backend, self.max_len = backend, max_len

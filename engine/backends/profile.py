@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.backends.buckets import Padding
 from engine.metrics import FEATURES
 from workloads.errors import KvbenchError
 
@@ -46,11 +47,20 @@ class StepProfile:
     path: Path | None = None
 
     @property
+    def padding(self) -> Padding | None:
+        """How the measured backend padded steps to its CUDA graphs' buckets (its recorded
+        backend= options); None: not at all."""
+        return Padding.of(str(self.meta["backend"]), self.meta.get("config") or {})
+
+    @property
     def features(self) -> dict[str, np.ndarray]:
-        """FEATURES and `run` (zeros for a profile of grid shapes alone): what fits read."""
+        """FEATURES as the steps ran (padded to their graphs' buckets) and `run` (zeros for a
+        profile of grid shapes alone): what fits read."""
         run = self.table.get("run")
+        cols = {name: self.table[name] for name in FEATURES}
+        pad = self.padding
         return {
-            **{name: self.table[name] for name in FEATURES},
+            **(pad.columns(cols) if pad is not None else cols),
             "run": np.zeros(len(self)) if run is None else run,
         }
 

@@ -12,6 +12,7 @@ from allocators import PagedAllocator, PrefixAllocator, StaticAllocator
 from allocators.base import cdiv
 from allocators.vattention import VAttentionAllocator
 from engine.backends.base import StepBatch
+from engine.backends.buckets import Padding
 from engine.backends.model import ModelBackend
 from engine.backends.model_graphs import ModelGraphs
 from engine.sequence import Seq
@@ -79,6 +80,13 @@ def run_scenario(backend: ModelBackend) -> None:
         alloc.check_invariants()
 
 
+def _shape(b: StepBatch) -> tuple:
+    """FEATURES that a step's graph bucket depends on (run_scenario's batches set only the
+    sequences: num_decode and num_prefill are the engine's)."""
+    t, s = sum(n for _, _, n in b.prefills), len(b.prefills)
+    return (t, len(b.decode_seqs), 0, 0, 0, s, 0, 0)
+
+
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "padded"])
 @pytest.mark.parametrize("name", sorted(ALLOCATORS))
 def test_steps_match_transformers(name, graphs):
@@ -86,6 +94,8 @@ def test_steps_match_transformers(name, graphs):
     if graphs:
         padded_graphs(backend)
     rec = Recorder(backend)
+    feats, step = [], backend.step
+    backend.step = lambda b: feats.append(_shape(b)) or step(b)
     run_scenario(backend)
     assert len(rec.records) == 2 + 3 * 7  # b leaves in the step c arrives
     assert max_rel_error(backend, rec.records) < TOL
@@ -93,13 +103,18 @@ def test_steps_match_transformers(name, graphs):
         assert sorted(backend.graphs.graphs) == [4], "decode-only steps of 3 ran in bucket 4"
         # the admissions (no decode rows) and the step with 2 decode rows and a prefill
         assert sorted(backend.graphs.mixed) == [(0, 64), (8, 64)]
+        # the shapes the sim prices a profile's steps at are the graphs' (buckets.Padding)
+        pad = [Padding(True, True, backend.graphs.max_batch).one(f) for f in feats]
+        assert {f[1] for f in pad if not f[0]} == set(backend.graphs.graphs)
+        assert {(f[1], f[0]) for f in pad if f[0]} == set(backend.graphs.mixed)
 
 
 @pytest.mark.parametrize("kind", ["paged", "static"])
 def test_fused_ops_match_transformers(kind):
     """fused_ops runs kvbench's Llama forward (every layer through the fused kernels) with the
     logits of transformers' own; the modules' q/k/v and gate/up weights become views of the
-    packed tensors, so transformers' forward of the same model is unchanged."""
+    packed tensors, so transformers' forward of the same model (fused_ops=False) is
+    unchanged."""
     from engine.backends import fused_llama
 
     cfg = llama_config()
@@ -128,6 +143,9 @@ def test_fused_ops_match_transformers(kind):
         fused_llama.rotary = real
     assert len(calls) == cfg.num_hidden_layers * len(steps), "every layer of every step"
     assert max_rel_error(backend, rec.records) < TOL
+    rec = Recorder(plain)  # transformers' forward (over the packed views) through kvbench's KV
+    run_scenario(plain)
+    assert max_rel_error(plain, rec.records) < TOL
 
 
 def test_fused_ops_auto_is_on_where_the_model_takes_it():
@@ -250,7 +268,7 @@ def test_config_and_spec_must_agree():
 def test_steps_past_the_mixed_buckets_run_eagerly():
     """More prefills than a mixed graph holds, or a prefill row longer than its table: the
     eager forward, with the same logits."""
-    from engine.backends.model_graphs import MAX_PREFILLS
+    from engine.backends.buckets import MAX_PREFILLS
 
     backend = backend_for(PagedAllocator(60, 4))
     graphs = padded_graphs(backend)
