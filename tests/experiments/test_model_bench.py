@@ -20,10 +20,18 @@ def test_roofline_reads_weights_and_kv_every_step():
     shape = Shape(num_requests=2, prompt_len=4, output_len=3)
     kv = 2 * 128 * ((4 + 1) + (4 + 2))  # decode steps 1 and 2 attend prompt + step tokens
     assert roofline_s(SPEC, shape, 100.0) == pytest.approx((2 * 2000 + kv + 2000) / 100.0)
-    flops = 2 * 1000 * 2 * 4 / 50.0  # the prompts' matmuls
-    assert roofline_s(SPEC, shape, 100.0, 1, 50.0) == pytest.approx(
-        (2 * 2000 + kv + 2000) / 100.0 + flops
-    )
+    # With a matmul rate, each step takes max(reads, FLOPs). Vocab 5 (lm_head 160 weights,
+    # not tied): 840 matmul weights per decode token, 680 per prompt token (+ one lm_head per
+    # prompt); attention 4 * 2 layers * 4 heads * 8 dims = 256 FLOPs per query-key pair.
+    decode = [max((2000 + 2 * 128 * c) / 100.0, 2 * (2 * 840 + 256 * c) / 50.0) for c in (5, 6)]
+    prefill = max(2000 / 100.0, 2 * (2 * 680 * 4 + 2 * 160 + 256 * (1 + 2 + 3 + 4)) / 50.0)
+    assert roofline_s(SPEC, shape, 100.0, 1, 50.0, vocab=5) == pytest.approx(sum(decode) + prefill)
+    assert decode[0] > (2000 + 2 * 128 * 5) / 100.0, "the FLOPs bind here"
+    tied = roofline_s(SPEC, shape, 100.0, 1, 50.0, vocab=5, tied=True)  # lm_head is the table
+    assert tied > roofline_s(SPEC, shape, 100.0, 1, 50.0, vocab=5)
+    assert roofline_s(SPEC, shape, 100.0, 1, 1e9, vocab=5) == pytest.approx(
+        roofline_s(SPEC, shape, 100.0)
+    ), "with FLOPs free, the reads bound every step"
 
 
 def test_the_issue_workload_and_its_roofline():
