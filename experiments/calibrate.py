@@ -185,8 +185,16 @@ def _meta(cfg: DictConfig, backend: Any, alloc: Any, args: argparse.Namespace) -
             "warmup": args.warmup,
             "ragged": not args.equal_contexts,
         },
-        "config": OmegaConf.to_container(cfg.backend),
+        "config": _config(cfg, backend),
     }
+
+
+def _config(cfg: DictConfig, backend: Any) -> dict[str, Any]:
+    """The backend's options as measured: fused_ops resolved (auto: true for Llama models)."""
+    config: dict[str, Any] = OmegaConf.to_container(cfg.backend)  # type: ignore[assignment]
+    if hasattr(backend, "fused"):
+        config["fused_ops"] = backend.fused is not None
+    return config
 
 
 def _slug(card: str) -> str:

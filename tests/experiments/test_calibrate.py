@@ -140,3 +140,16 @@ def test_ragged_contexts_keep_their_mean():
         c = contexts(n, mean, True)
         assert sum(c) == n * mean and min(c) >= mean // 2 - 1 and max(c) <= 3 * mean // 2 + 1
         assert len(set(c)) > n // 2  # spread: a served batch, not one length
+
+
+def test_the_profile_records_the_forward_it_measured():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from experiments.calibrate import _config
+
+    cfg = OmegaConf.create({"backend": {"fused_ops": "auto", "graphs": True}})
+    assert _config(cfg, SimpleNamespace(fused=object())) == {"fused_ops": True, "graphs": True}
+    assert _config(cfg, SimpleNamespace(fused=None))["fused_ops"] is False
+    assert _config(cfg, SimpleNamespace())["fused_ops"] == "auto"  # no such option to resolve
