@@ -69,6 +69,8 @@ def add_steps(profile: StepProfile, roots: list[Path]) -> tuple[StepProfile, lis
         _check(run, meta)
         steps = pd.read_parquet(run / "steps.parquet")
         cols = {k: steps[k].to_numpy(np.float64) for k in FEATURES}
+        if profile.padding is not None:  # the fit's shapes are the graphs'
+            cols = profile.padding.columns(cols)
         keep = steps["duration_s"].to_numpy() <= OUTLIER * fit.predict(cols)
         k = int(t["run"].max()) + 1
         new = {n: steps[n].to_numpy()[keep] for n in (*FEATURES, "duration_s")}

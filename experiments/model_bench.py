@@ -3,6 +3,7 @@ continuous batching and against the weights+KV roofline, all measured in this pr
 
     python -m experiments.model_bench --out results/reference/model_<card> [--quick]
         [--no-baseline] [--model llama3_8b] [--max-batched-tokens 16384]
+        [--fused-ops auto|true|false]
 
 Workload (issue 10): 256 requests of 512 random prompt tokens and 256 output tokens, all at
 t=0, a Llama-3-8B-shaped model with random weights, bf16, paged KV (block 16) with room for
@@ -11,13 +12,12 @@ graphs captured before the run, as vLLM does at start-up; prefill batched under
 max_num_batched_tokens); transformers runs the same prompts through `generate_batch`
 (continuous batching, defaults, SDPA attention, EOS disabled) on the same weights.
 
-Roofline: every decode step reads all weights and the KV of every running sequence, at the
-device-to-device copy bandwidth measured here (bytes read + written per second, BENCHMARKS.md):
-sum over steps of (weight bytes + KV bytes) / bandwidth; the prefill steps add their weight
-reads. A second bound adds the prefill's matmul FLOPs (2 x parameters per prompt token) at the
-bf16 GEMM rate measured here. Also timed: decode steps at batch 64 with 1k-token contexts
-against their weights+KV floor. Writes model_bench.csv (metric, value, unit), model_bench.md
-and env.json.
+Rooflines (experiments/model_workload.py), from the copy bandwidth (bytes read + written per
+second, BENCHMARKS.md) and the bf16 GEMM rate measured here: the issue's, every step's weight
+and KV reads over the bandwidth; and one with FLOPs, each step the longer of its reads and
+its matmuls. Also timed: decode steps at batch 64 with 1k-token contexts against their
+weights+KV floor, with transformers' forward and (Llama models) kvbench's fused one. Writes
+model_bench.csv (metric, value, unit), model_bench.md and env.json.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,54 +36,9 @@ import torch
 from allocators import PagedAllocator
 from allocators.base import cdiv
 from engine.models import ModelSpec, hf_config, model_spec
+from experiments.model_workload import FULL, QUICK, Shape, requests, roofline_s
 from workloads.errors import exits_cleanly
 from workloads.request import Request
-
-
-@dataclass(frozen=True)
-class Shape:
-    num_requests: int = 256
-    prompt_len: int = 512
-    output_len: int = 256
-
-
-FULL, QUICK = Shape(), Shape(64, 512, 32)
-
-
-def requests(shape: Shape, seed: int = 0) -> list[Request]:
-    from workloads.synthetic import synthetic
-
-    return synthetic(
-        max_requests=shape.num_requests, seed=seed, arrival={"process": "burst"},
-        prompt={"kind": "fixed", "value": shape.prompt_len},
-        output={"kind": "fixed", "value": shape.output_len},
-    ).requests  # fmt: skip
-
-
-def roofline_s(
-    spec: ModelSpec, shape: Shape, bandwidth: float, prefill_steps: int = 1,
-    flops: float | None = None, vocab: int = 0, tied: bool = False,
-) -> float:  # fmt: skip
-    """Seconds of the workload at its roofline: all requests decode together, each of the
-    output_len - 1 decode steps reads the weights and every sequence's KV, the prefill steps
-    read the weights (the issue's bound: reads over `bandwidth`). With `flops` (a measured
-    matmul rate) each decode step, and the prefill steps together, take the longer of their
-    reads and their FLOPs: every weight matrix but the embedding table (`vocab` rows,
-    `tied` to lm_head or not) for each new token - lm_head only for each prompt's last -
-    and attention's 4 FLOPs per query-key pair and head dimension."""
-    n, prompt = shape.num_requests, shape.prompt_len
-    context = prompt + np.arange(1, shape.output_len)
-    step_bytes = spec.weight_bytes + n * context * spec.kv_bytes_per_token
-    prefill_bytes = prefill_steps * spec.weight_bytes
-    if flops is None:
-        return float(step_bytes.sum() + prefill_bytes) / bandwidth
-    head = vocab * spec.hidden_size
-    matmul = spec.num_params - (0 if tied else head)  # per token, as multiply-adds
-    pair = 4 * spec.num_layers * spec.num_heads * spec.head_dim
-    step_flops = n * (2 * matmul + pair * context)
-    prefill_flops = n * (2 * (matmul - head) * prompt + 2 * head + pair * prompt * (prompt + 1) / 2)
-    decode_s = np.maximum(step_bytes / bandwidth, step_flops / flops).sum()
-    return float(decode_s + max(prefill_bytes / bandwidth, prefill_flops / flops))
 
 
 def gemm_flops(m: int = 8192, k: int = 4096, n: int = 14336) -> float:
@@ -97,7 +51,7 @@ def gemm_flops(m: int = 8192, k: int = 4096, n: int = 14336) -> float:
 
 
 def run_kvbench(
-    hf, spec: ModelSpec, reqs: list[Request], max_batched: int, fused_ops: bool = True
+    hf, spec: ModelSpec, reqs: list[Request], max_batched: int, fused_ops: bool | str = "auto"
 ) -> dict:
     """The workload through the engine and the model backend (paged, block 16)."""
     from engine.backends.model import ModelBackend
@@ -162,7 +116,7 @@ def run_generate_batch(hf, reqs: list[Request], vocab: int) -> dict:
 
 
 def decode_batch(
-    hf, spec: ModelSpec, batch: int, context: int, steps: int, fused_ops: bool = False
+    hf, spec: ModelSpec, batch: int, context: int, steps: int, fused_ops: bool | str = "auto"
 ) -> tuple[Any, Callable[[], float]]:
     """A paged model backend, graphs captured, holding `batch` sequences of `context` tokens
     (random KV) with room for `steps` decode steps, and a function that runs the next one
@@ -196,7 +150,12 @@ def decode_batch(
 
 
 def decode_step(
-    hf, spec: ModelSpec, batch: int, context: int, steps: int = 20, fused_ops: bool = False
+    hf,
+    spec: ModelSpec,
+    batch: int,
+    context: int,
+    steps: int = 20,
+    fused_ops: bool | str = "auto",
 ) -> dict:
     """Median decode step (graph replay) of `batch` sequences holding `context` tokens; with
     `fused_ops`, kvbench's fused Llama forward."""
@@ -308,11 +267,10 @@ def main() -> None:
     )  # fmt: skip
     args = ap.parse_args()
     cfg = hf_config(args.model)  # bad input is refused before the GPU check
-    from engine.backends.fused_llama import check_fusable, unfusable
+    from engine.backends.fused_llama import resolve_fused_ops
 
-    if args.fused_ops == "true":
-        check_fusable(cfg, args.model)
-    args.fused_ops = args.fused_ops == "true" or (args.fused_ops == "auto" and not unfusable(cfg))
+    chosen = {"true": True, "false": False}.get(args.fused_ops, "auto")
+    args.fused_ops = resolve_fused_ops(chosen, cfg, args.model)
     if not torch.cuda.is_available():
         print("error: kvbench-model-bench needs a CUDA GPU; torch sees none", file=sys.stderr)
         sys.exit(2)

@@ -9,8 +9,12 @@ replays the graph of the smallest bucket that holds it, so it costs its bucket's
 
 engine/backends/decode_graphs.py and model_graphs.py capture these buckets. A step profile
 records the unpadded shapes the engine scheduled; `Padding` gives the shapes the graphs ran,
-which the sim's calibrated cost fits and prices (engine/backends/calibrated.py): between two
-measured shapes a step costs its bucket's time, not a line between them.
+which the sim's calibrated cost fits and prices (engine/backends/calibrated.py): a step is
+evaluated at its bucket's shape, where the GPU ran it, not at its own.
+
+Padding reads only a step's FEATURES, so it assumes what they cannot show: every sequence
+fits the graphs' tables (the backend's max_seq_len; a longer one runs its step eagerly), and
+the graphs' largest batch is the measured backend's (its max_num_seqs), not the sim run's.
 """
 
 from __future__ import annotations
@@ -45,23 +49,22 @@ def mixed_decode_sizes(largest: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Padding:
-    """How a backend pads steps (FEATURES tuples, engine/metrics.py) to its graphs' buckets."""
+    """How a backend pads steps (FEATURES tuples, engine/metrics.py) to its graphs' buckets:
+    decode-only steps always (a backend without graphs has no Padding)."""
 
-    decode: bool  # decode-only steps replay graphs
-    mixed: bool  # steps with prefills replay graphs
+    mixed: bool  # steps with prefills replay graphs too
     largest: int  # the largest decode batch a graph holds
 
     @classmethod
     def of(cls, backend: str, config: Mapping[str, Any]) -> Padding | None:
         """The padding of a backend (`attention` or `model`) built from `config` (its
         backend= options, as a profile records them); None where no graph pads a step."""
-        graphs = bool(config.get("graphs")) and config.get("device", "cuda") == "cuda"
-        if backend not in ("attention", "model") or not graphs:
+        on_gpu = str(config.get("device", "cuda")).startswith("cuda")
+        if backend not in ("attention", "model") or not config.get("graphs") or not on_gpu:
             return None
         if backend == "attention":  # its decode graphs hold any batch up to the last bucket
-            return cls(True, False, BUCKETS[-1])
-        mixed = bool(config.get("mixed_graphs", True))
-        return cls(True, mixed, max_batch(int(config.get("max_num_seqs", 256))))
+            return cls(False, BUCKETS[-1])
+        return cls(bool(config["mixed_graphs"]), max_batch(int(config["max_num_seqs"])))
 
     def one(self, f: Sequence[float]) -> tuple:
         """One step's FEATURES as its graph runs them."""

@@ -5,7 +5,8 @@ the grid interpolator, whichever predicts that kind's held-out shapes better) pr
 step from its features. The rules:
 
 - padding: where the measured backend replays CUDA graphs, the fit and the prices use the
-  shapes its graphs ran (a step padded to its bucket, engine/backends/buckets.py).
+  shapes its graphs ran (a step padded to its bucket, engine/backends/buckets.py); the
+  limits below check the shapes the engine scheduled.
 - model and dtype: the profile's must be the run's (`model=`, `backend.dtype`), else an error.
 - card: the profile's card (the CUDA device name it was measured on) must contain the sim's
   GPU profile's `device_name` (h100_sxm: "H100 80GB HBM3", h200: "H200"), else an error
@@ -69,10 +70,8 @@ class ProfiledCost:
         if self.unit_scale != 1.0 and (features[6] or features[7]):  # copied, swapped
             s = self.unit_scale
             features = (*features[:6], features[6] * s, features[7] * s)
-        if self.padding is not None:
-            features = self.padding.one(features)
         self.check(features)
-        return self._one(features)
+        return self._one(self.padding.one(features) if self.padding is not None else features)
 
     def check(self, features: tuple) -> None:
         """Stop at a shape the profile never measured or lies far beyond; warn once per
@@ -116,7 +115,7 @@ class ProfiledCost:
             k = min(chunk, max_steps - len(out))
             first = logical_tokens + num_seqs * (len(out) + 1)
             context = first + num_seqs * np.arange(k, dtype=np.float64)
-            self.check((0, rows, context[-1], 0.0, 0, 0, 0, 0))
+            self.check((0, num_seqs, context[-1], 0.0, 0, 0, 0, 0))
             cols = {n: np.zeros(k) for n in FEATURES}
             cols["num_decode_tokens"][:] = rows
             cols["decode_context"] = context
@@ -140,7 +139,9 @@ def _match(profile: StepProfile, field: str, want: str, option: str) -> None:
 
 
 def _limits(profile: StepProfile) -> dict[str, float]:
-    t = profile.features
+    """The largest measured value of each CHECKED quantity, over the scheduled (unpadded)
+    shapes: the run's steps are checked before they are padded."""
+    t = profile.table
     nd = t["num_decode_tokens"]
     per_seq = np.divide(t["decode_context"], nd, out=np.zeros(len(nd)), where=nd > 0)
     cols = {**t, "context_per_seq": per_seq}

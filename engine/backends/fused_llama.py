@@ -108,6 +108,18 @@ def _norm(module: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor | Non
     return add_rms_norm(x, residual, module.weight, eps)
 
 
+def resolve_fused_ops(value: bool | str, cfg: Any, name: str) -> bool:
+    """backend.fused_ops for this config (`name`, the model preset): true (refused where
+    kvbench's Llama forward cannot run it), false, or auto (true where it can)."""
+    if value == "auto":
+        return unfusable(cfg) is None
+    if not isinstance(value, bool):
+        raise KvbenchError(f"backend.fused_ops must be true, false or auto, got {value!r}")
+    if value:
+        check_fusable(cfg, name)
+    return value
+
+
 def check_fusable(cfg: Any, name: str) -> None:
     """Refuses a config kvbench's Llama forward cannot run (before its model is built);
     `name`, the model preset, names it."""

@@ -35,7 +35,7 @@ import torch
 from allocators.base import KVAllocator, cdiv
 from engine.backends.attention import AttentionBackend, _Batch
 from engine.backends.base import StepBatch
-from engine.backends.fused_llama import FusedLlama, check_fusable, unfusable
+from engine.backends.fused_llama import FusedLlama, resolve_fused_ops
 from engine.backends.hf_model import StepContext, build_model
 from engine.backends.model_graphs import ModelGraphs
 from engine.models import ModelSpec, hf_config
@@ -88,7 +88,7 @@ class ModelBackend(AttentionBackend):
         )  # fmt: skip
         cfg = config if config is not None else hf_config(model.name)
         _check_shapes(cfg, model)
-        fused_ops = _fused_ops(fused_ops, cfg, model.name)
+        fused_ops = resolve_fused_ops(fused_ops, cfg, model.name)
         self.hf = hf_model if hf_model is not None else build_model(
             cfg, self.dtype, self.device, init_std, seed
         )  # fmt: skip
@@ -266,15 +266,3 @@ def _check_shapes(cfg: Any, spec: ModelSpec) -> None:
             f"backend=model: the transformers config has (layers, heads, kv heads, head dim) "
             f"{got}, the model spec {spec.name} {want}"
         )
-
-
-def _fused_ops(value: bool | str, cfg: Any, name: str) -> bool:
-    """backend.fused_ops resolved for this config: true (refused where kvbench's Llama forward
-    cannot run it), false, or auto (true where it can)."""
-    if value == "auto":
-        return unfusable(cfg) is None
-    if not isinstance(value, bool):
-        raise KvbenchError(f"backend.fused_ops must be true, false or auto, got {value!r}")
-    if value:
-        check_fusable(cfg, name)
-    return value

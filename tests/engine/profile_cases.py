@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.backends.base import StepBatch
+from engine.backends.calibrated import ProfiledCost
 from engine.backends.profile import StepProfile, save_profile
 from engine.backends.sim import GpuProfile, RooflineCost
 from engine.metrics import FEATURES
@@ -93,3 +94,9 @@ def write_synthetic(path, table: dict | None = None, **meta) -> StepProfile:
     profile = StepProfile(table or synthetic_table(), {**META, **meta}, path)
     save_profile(profile, path)
     return profile
+
+
+def profiled_cost(path, **kw) -> ProfiledCost:
+    """The sim's calibrated cost of the profile at `path`, for llama3_8b on an H100."""
+    args = dict(model="llama3_8b", dtype="bfloat16", device_name="H100 80GB HBM3", gpu="h100")
+    return ProfiledCost(str(path), **{**args, **kw})

@@ -9,21 +9,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.backends.buckets import BUCKETS, MAX_PREFILLS, MIXED_TOKENS, Padding
+from engine.backends.profile import load_profile
 from engine.metrics import FEATURES
-from tests.engine.profile_cases import shape, write_synthetic
-from tests.engine.test_profile import _cost
+from tests.engine.profile_cases import profiled_cost, shape, synthetic_table, write_synthetic
 
 MODEL = Padding.of("model", {"graphs": True, "mixed_graphs": True, "max_num_seqs": 128})
 
 
 def test_which_backends_pad_what():
-    assert Padding(decode=True, mixed=True, largest=128) == MODEL
+    assert Padding(mixed=True, largest=128) == MODEL
     assert Padding.of("model", {"graphs": True, "mixed_graphs": False, "max_num_seqs": 20}) == (
-        Padding(decode=True, mixed=False, largest=24)
+        Padding(mixed=False, largest=24)
     )
     assert Padding.of("attention", {"graphs": True, "max_num_seqs": 8}) == (
-        Padding(decode=True, mixed=False, largest=BUCKETS[-1])
+        Padding(mixed=False, largest=BUCKETS[-1])
     )
+    on_card = {"graphs": True, "mixed_graphs": True, "max_num_seqs": 8, "device": "cuda:1"}
+    assert Padding.of("model", on_card) == Padding(mixed=True, largest=8)
     assert Padding.of("model", {"graphs": False}) is None
     assert Padding.of("model", {"graphs": True, "device": "cpu"}) is None
     assert Padding.of("synthetic", {}) is None
@@ -61,7 +63,10 @@ def test_the_sim_prices_a_step_at_its_bucket(tmp_path):
     config = {"graphs": True, "mixed_graphs": True, "max_num_seqs": 256}
     write_synthetic(tmp_path / "model.parquet", backend="model", config=config)
     write_synthetic(tmp_path / "plain.parquet")
-    model, plain = _cost(tmp_path / "model.parquet"), _cost(tmp_path / "plain.parquet")
+    model, plain = (
+        profiled_cost(tmp_path / "model.parquet"),
+        profiled_cost(tmp_path / "plain.parquet"),
+    )
     decode = shape((65, 300))
     assert model.step(decode) == pytest.approx(plain.step((0, 80, *decode[2:])))
     mixed = shape((65, 300), (200, 0, 1))
@@ -71,3 +76,22 @@ def test_the_sim_prices_a_step_at_its_bucket(tmp_path):
     assert run == pytest.approx(
         [plain.step((0, 80, 65 * (300 + i), 0, 0, 0, 0, 0)) for i in (1, 2, 3)]
     )
+
+
+def test_a_profile_fits_the_shapes_its_graphs_ran(tmp_path):
+    """An off-bucket shape (65 sequences) is fitted as the 80 rows its graph ran; the limits
+    the sim checks a run against stay the scheduled shapes'."""
+    t = synthetic_table()
+    off = np.array(shape((65, 500)), np.float64)
+    extra = {name: np.full(3, off[j]) for j, name in enumerate(FEATURES)}
+    extra["duration_s"], extra["point"] = np.full(3, 0.01), np.full(3, t["point"].max() + 1)
+    t = {k: np.concatenate([v, extra[k]]) for k, v in t.items()}
+    config = {"graphs": True, "mixed_graphs": True, "max_num_seqs": 256}
+    write_synthetic(tmp_path / "p.parquet", t, backend="model", config=config)
+    p = load_profile(tmp_path / "p.parquet")
+    assert p.features["num_decode_tokens"][-3:].tolist() == [80] * 3
+    assert p.table["num_decode_tokens"][-3:].tolist() == [65] * 3
+    cost = profiled_cost(tmp_path / "p.parquet")
+    assert cost.limits["num_decode_tokens"] == 256
+    f = shape((65, 500))
+    assert cost.step(f) == pytest.approx(cost.step((0, 80, *f[2:])))

@@ -104,7 +104,7 @@ def test_steps_match_transformers(name, graphs):
         # the admissions (no decode rows) and the step with 2 decode rows and a prefill
         assert sorted(backend.graphs.mixed) == [(0, 64), (8, 64)]
         # the shapes the sim prices a profile's steps at are the graphs' (buckets.Padding)
-        pad = [Padding(True, True, backend.graphs.max_batch).one(f) for f in feats]
+        pad = [Padding(True, backend.graphs.max_batch).one(f) for f in feats]
         assert {f[1] for f in pad if not f[0]} == set(backend.graphs.graphs)
         assert {(f[1], f[0]) for f in pad if f[0]} == set(backend.graphs.mixed)
 

@@ -45,7 +45,7 @@ def run_engine(backend: ModelBackend, preemption: str, seed: int = 3, requests: 
     # depend on how fast the card runs them (Poisson arrivals did: a faster step once left
     # the prefix pool without a preemption)
     wl = synthetic(
-        max_requests=requests, seed=seed, arrival={"process": "burst", "rate": 400.0},
+        max_requests=requests, seed=seed, arrival={"process": "burst"},
         prompt={"kind": "uniform", "low": 20, "high": 100},
         output={"kind": "uniform", "low": 10, "high": 60}, max_seq_len=256, n=2,
         num_prefixes=2, prefix_len=32,

@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.backends import step_fit
-from engine.backends.calibrated import ProfiledCost
 from engine.backends.profile import load_profile
 from engine.backends.sim import SimBackend
 from engine.backends.step_fit import fit_best, relative_errors
@@ -20,6 +19,7 @@ from tests.engine.profile_cases import (
     H100,
     LLAMA3_8B,
     META,
+    profiled_cost,
     shape,
     synthetic_table,
     truth,
@@ -131,16 +131,11 @@ def test_grid_interpolates_the_decode_plane():
     assert relative_errors(linear, cols, truth(cols)).mean() < 0.05
 
 
-def _cost(path, **kw):
-    args = dict(model="llama3_8b", dtype="bfloat16", device_name="H100 80GB HBM3", gpu="h100")
-    return ProfiledCost(str(path), **{**args, **kw})
-
-
 def test_missing_shapes_and_far_extrapolation_stop_the_run(tmp_path, capsys):
     t = synthetic_table()
     decode_only = {k: v[t["num_prefill_tokens"] == 0] for k, v in t.items()}
     write_synthetic(tmp_path / "d.parquet", decode_only)
-    cost = _cost(tmp_path / "d.parquet")
+    cost = profiled_cost(tmp_path / "d.parquet")
     cost.step(shape((64, 1000)))
     with pytest.raises(KvbenchError, match=r"num_prefill_tokens > 0 .* measured none"):
         cost.step(shape((64, 1000), (128, 0, 1)))
@@ -157,8 +152,11 @@ def test_copies_are_priced_by_tokens_moved(tmp_path):
     """A static slot (1 token) copied costs 1/16 of the profile's 16-token block; the limits
     apply to blocks' worth of tokens."""
     write_synthetic(tmp_path / "p.parquet")
-    block, slot = _cost(tmp_path / "p.parquet"), _cost(tmp_path / "p.parquet", unit_tokens=1)
-    paged16 = _cost(tmp_path / "p.parquet", unit_tokens=16)
+    block, slot = (
+        profiled_cost(tmp_path / "p.parquet"),
+        profiled_cost(tmp_path / "p.parquet", unit_tokens=1),
+    )
+    paged16 = profiled_cost(tmp_path / "p.parquet", unit_tokens=16)
     copied = [(0, 8, 8000.0, 0.0, 0, 0, n, 0) for n in (0, 2, 32)]
     assert [slot.step((*f[:6], 16 * f[6], 0)) for f in copied] == pytest.approx(
         [block.step(f) for f in copied]
@@ -173,7 +171,7 @@ def test_copies_are_priced_by_tokens_moved(tmp_path):
 
 def test_decode_runs_match_single_steps(tmp_path):
     write_synthetic(tmp_path / "p.parquet")
-    cost = _cost(tmp_path / "p.parquet")
+    cost = profiled_cost(tmp_path / "p.parquet")
     run = cost.decode_run(16, 16 * 500, 100, 0.0, 1e9)
     single = [cost.step(shape((16, 500 + i + 1))) for i in range(100)]
     np.testing.assert_allclose(run, single, rtol=1e-9)

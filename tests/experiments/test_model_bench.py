@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine.models import ModelSpec
-from experiments.model_bench import FULL, Rows, Shape, markdown, requests, roofline_s
+from experiments.model_bench import Rows, markdown
+from experiments.model_workload import FULL, Shape, requests, roofline_s
 
 SPEC = ModelSpec("m", num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, hidden_size=32,
                  num_params=1000)  # fmt: skip
