@@ -47,6 +47,13 @@ def mixed_decode_sizes(largest: int) -> tuple[int, ...]:
     return (*(d for d in MIXED_DECODE if d < largest), largest)
 
 
+def mixed_bucket(decode_rows: int, tokens: int, largest: int) -> tuple[int, int]:
+    """The (decode rows, prefill tokens) of the graph a mixed step replays, for a step within
+    the mixed graphs' limits (largest: the largest decode batch a graph holds)."""
+    d = next(s for s in mixed_decode_sizes(largest) if s >= decode_rows)
+    return d, next(s for s in MIXED_TOKENS if s >= tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class Padding:
     """How a backend pads steps (FEATURES tuples, engine/metrics.py) to its graphs' buckets:
@@ -73,8 +80,7 @@ class Padding:
             return (f[0], bucket(int(n)), *f[2:]) if 0 < n <= self.largest else tuple(f)
         if not self.mixed or f[5] > MAX_PREFILLS or t > MIXED_TOKENS[-1] or n > self.largest:
             return tuple(f)
-        tb = next(s for s in MIXED_TOKENS if s >= t)
-        d = next(s for s in mixed_decode_sizes(self.largest) if s >= n)
+        d, tb = mixed_bucket(int(n), int(t), self.largest)
         return (tb, d, *f[2:])
 
     def columns(self, cols: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

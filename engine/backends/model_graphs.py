@@ -56,7 +56,7 @@ from engine.backends.buckets import (
     MIXED_TOKENS,
     bucket,
     max_batch,
-    mixed_decode_sizes,
+    mixed_bucket,
 )
 from engine.backends.decode_graphs import copy_rows, graph_splits, no_gc, step_split_tokens
 from engine.backends.step_inputs import StepInputs
@@ -89,7 +89,6 @@ class ModelGraphs:
     ) -> None:
         dev = backend.device
         n = self.max_batch = max_batch(max_num_seqs)
-        self.decode_sizes = mixed_decode_sizes(n)
         self.max_tokens = MIXED_TOKENS[-1] if mixed else 0  # prefill tokens of a mixed graph
         tokens, rows = n + self.max_tokens, n + MAX_PREFILLS
         self.backend, self.max_len = backend, max_len
@@ -143,12 +142,7 @@ class ModelGraphs:
         )  # fmt: skip
         self.inputs.decode(size, ids, lens - 1, lens, rows, split)
         self._gather(table, size)
-        graph = self.graphs.get(size)
-        if graph is not None:
-            return graph, 0.0
-        t0 = time.perf_counter()
-        graph = self.graphs[size] = self._capture(lambda: self._forward(size))
-        return graph, time.perf_counter() - t0
+        return self._graph(self.graphs, size)
 
     def prepare(self, b: _Batch, ids: torch.Tensor, pos: torch.Tensor) -> tuple[Graph, int, float]:
         """Fill the static inputs of a mixed step from b and the new tokens (ids, pos); returns
@@ -156,8 +150,7 @@ class ModelGraphs:
         and the seconds a capture took."""
         n = b.num_decode
         p, t = b.query_start.shape[0] - 1, b.slots.shape[0] - n
-        d = next(s for s in self.decode_sizes if s >= n)
-        tb = next(s for s in MIXED_TOKENS if s >= t)
+        d, tb = mixed_bucket(n, t, self.max_batch)
         copy_rows(self.table, b.table[:n])
         copy_rows(self.table[d:], b.table[n:])
         self.lens[:n] = b.lens[:n]
@@ -172,18 +165,13 @@ class ModelGraphs:
         self.rows[:n] = self._arange[:n]
         self.rows[n : n + p] = b.query_start[1:] + (d - 1)
         self.rows[n + p :] = 0
-        key = (d, tb)
         if not self.splits and n:
             self.split_tokens.fill_(step_split_tokens(
                 n, b.max_decode_len, b.decode_tokens, d, self.backend.model, self.max_len,
                 self.num_sms,
             ))  # fmt: skip
-        graph = self.mixed.get(key)
-        if graph is not None:
-            return graph, n + p, 0.0
-        t0 = time.perf_counter()
-        graph = self.mixed[key] = self._capture(lambda: self._forward(key))
-        return graph, n + p, time.perf_counter() - t0
+        graph, capture_s = self._graph(self.mixed, (d, tb))
+        return graph, n + p, capture_s
 
     def capture_all(self) -> float:
         """Capture every decode bucket up to max_batch, largest first (as vLLM at start-up),
@@ -205,6 +193,16 @@ class ModelGraphs:
             torch.index_select(table, 0, index, out=self.table[:size])
         else:
             copy_rows(self.table, table.index_select(0, index))
+
+    def _graph(self, store: dict, key: int | tuple[int, int]) -> tuple[Graph, float]:
+        """The graph of `key` in `store` (decode-only or mixed), captured first over the static
+        inputs as they are if new, and the seconds a capture took."""
+        graph = store.get(key)
+        if graph is not None:
+            return graph, 0.0
+        t0 = time.perf_counter()
+        graph = store[key] = self._capture(lambda: self._forward(key))
+        return graph, time.perf_counter() - t0
 
     def _capture(self, forward: Callable[[], None]) -> Graph:
         """The graph of one forward over the static inputs as they are."""
